@@ -1,0 +1,178 @@
+"""The ``lung-tumor`` command: thin argument parsing around plain Python functions.
+
+Each sub-command imports its module only when it runs, so ``lung-tumor --help`` stays fast.
+A :class:`~lung_tumor.errors.LungTumorError` becomes one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lung_tumor.errors import LungTumorError
+
+log = logging.getLogger("lung_tumor")
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from lung_tumor.data.synth import synthesize_dataset
+
+    synthesize_dataset(args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lung_tumor.data.verify import verify_dataset
+
+    problems = verify_dataset(args.root, checksums=args.checksums, manifest_path=args.manifest)
+    return 1 if problems else 0
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    from lung_tumor.preprocess import preprocess_from_config
+
+    preprocess_from_config(args.config, overrides=args.set)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from lung_tumor.training.trainer import train_from_config
+
+    train_from_config(args.config, fold=args.fold, resume=args.resume, overrides=args.set)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from lung_tumor.training.compare import compare_networks
+
+    compare_networks(args.config, fold=args.fold, networks=args.networks, overrides=args.set)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from lung_tumor.inference import predict
+
+    predict(
+        args.run,
+        args.input,
+        output=args.output,
+        threshold=args.threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
+        lung_mask=args.lung_mask,
+        save_probabilities=args.probabilities,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from lung_tumor.evaluation.evaluate import evaluate_run
+
+    evaluate_run(
+        args.run, args.data, fold=args.fold, cases=args.cases, output=args.output, pictures=not args.no_pictures
+    )
+
+
+def _visualize(args: argparse.Namespace) -> None:
+    from lung_tumor.visualize import visualize_command
+
+    visualize_command(image=args.image, label=args.label, prediction=args.prediction, run=args.run, output=args.output)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from lung_tumor.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lung-tumor", description="Lung tumour segmentation on chest CT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+    p = commands.add_parser("synth", help="write synthetic chest CT in the MSD Task06_Lung layout")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--cases", type=int, default=16, help="labelled training cases")
+    p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
+    p.add_argument("--size", choices=("small", "full"), default="small")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("verify", help="check a dataset folder against its dataset.json and the manifest")
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--checksums", action="store_true", help="also compare sha256 with the manifest (slow)")
+    p.add_argument("--manifest", type=Path, default=None, help="data_manifest.json (default: the repository's)")
+    p.set_defaults(func=_verify)
+
+    p = commands.add_parser("preprocess", help="turn a dataset into the 2D slice cache")
+    with_config(p)
+    p.set_defaults(func=_preprocess)
+
+    p = commands.add_parser("train", help="train a network on one fold")
+    with_config(p)
+    p.add_argument("--fold", type=int, default=None, help="cross-validation fold (default: the config's)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("compare", help="train and evaluate several networks on the same fold")
+    with_config(p)
+    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--networks", nargs="+", required=True, help="overlay names in configs/networks/ or YAML paths")
+    p.set_defaults(func=_compare)
+
+    p = commands.add_parser("predict", help="segment whole CT volumes into NIfTI masks and tumour reports")
+    p.add_argument("--run", required=True, type=Path, help="training run folder")
+    p.add_argument("--input", required=True, type=Path, help="NIfTI file, folder of NIfTI files, or DICOM folder")
+    p.add_argument("--output", type=Path, default=None, help="mask file or folder (default: beside the run)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--min-lesion-mm3", type=float, default=0.0, help="drop components smaller than this")
+    p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
+    p.add_argument("--probabilities", action="store_true", help="also write the probability map")
+    p.set_defaults(func=_predict)
+
+    p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="MSD-layout dataset folder")
+    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--cases", nargs="+", default=None)
+    p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--no-pictures", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser("visualize", help="PNG overlays, montages and training curves")
+    p.add_argument("--image", type=Path, default=None)
+    p.add_argument("--label", type=Path, default=None)
+    p.add_argument("--prediction", type=Path, default=None)
+    p.add_argument("--run", type=Path, default=None, help="run folder: plot its training curves")
+    p.add_argument("--output", required=True, type=Path)
+    p.set_defaults(func=_visualize)
+
+    p = commands.add_parser("demo", help="the whole job on synthetic data: synth, preprocess, train, evaluate, predict")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--minutes", type=float, default=None, help="training time budget (default: the config's)")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        status = args.func(args)
+    except LungTumorError as err:
+        print(f"lung-tumor: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lung-tumor: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
