@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lung_tumor.networks import UNet2D
+
+SMALL = (4, 8, 16, 32)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 128), (33, 45)])
+def test_output_shape_matches_input_for_odd_and_even_sizes(size):
+    net = UNet2D(in_channels=1, out_channels=1, features=SMALL)
+    assert net(torch.zeros(2, 1, *size)).shape == (2, 1, *size)
+
+
+def test_2p5d_input_and_several_outputs():
+    net = UNet2D(in_channels=5, out_channels=2, features=SMALL, norm=None, dropout=0.1)
+    assert net(torch.randn(3, 5, 40, 40)).shape == (3, 2, 40, 40)
+
+
+def test_default_widths_are_the_original_unet():
+    net = UNet2D()
+    assert sum(p.numel() for p in net.parameters()) == 7_701_825
+
+
+def test_returns_logits_not_probabilities():
+    torch.manual_seed(0)
+    out = UNet2D(features=SMALL)(torch.randn(2, 1, 32, 32) * 10)
+    assert out.min() < 0 or out.max() > 1
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = UNet2D(in_channels=3, out_channels=1, features=SMALL)
+    x = torch.randn(2, 3, 37, 42)
+    target = (torch.rand(2, 1, 37, 42) > 0.5).float()
+    torch.nn.functional.binary_cross_entropy_with_logits(net(x), target).backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kwargs", [{"spatial_dims": 3}, {"features": (4, 8, 16)}, {"in_channels": 0}])
+def test_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        UNet2D(**kwargs)
