@@ -15,6 +15,7 @@ from lung_tumor.errors import LungTumorError
 
 INTENSITY_MODES = ("window", "divide")
 THIN_VOLUME_POLICIES = ("keep", "error")
+AXIAL_ORIENTATIONS = ("RAS", "LAS", "RPS", "LPS")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -100,11 +101,9 @@ class PreprocessConfig:
             raise LungTumorError(f"preprocess.pixel_mm must be a number in [0.1, 10], got {self.pixel_mm!r}")
         if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 2048:
             raise LungTumorError(f"preprocess.image_size must be an integer in [16, 2048], got {self.image_size!r}")
-        if not isinstance(self.orientation, str) or sorted(self.orientation.upper()) not in (
-            sorted(c) for c in ("RAS", "LPS", "LAS", "RPS", "LPI", "RAI", "LAI", "RPI")
-        ):
+        if self.orientation not in AXIAL_ORIENTATIONS:
             raise LungTumorError(
-                f"preprocess.orientation must be three axis codes like 'RAS', got {self.orientation!r}"
+                f"preprocess.orientation must be one of {AXIAL_ORIENTATIONS}, got {self.orientation!r}"
             )
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise LungTumorError(f"preprocess.num_workers must be an integer >= 0, got {self.num_workers!r}")
