@@ -134,12 +134,36 @@ def write_index(cache_dir: Path, cfg: PreprocessConfig, metas: list[dict[str, An
         cache_dir / "cache.json",
         {
             "version": CACHE_VERSION,
-            "preprocess": cfg.to_dict(),
+            "preprocess": cfg.cache_key_content,
             "cases": [m["case"] for m in metas],
             "num_slices": sum(m["num_slices"] for m in metas),
             "num_tumour_slices": sum(int(np.count_nonzero(m["tumour_pixels"])) for m in metas),
         },
     )
+
+
+def run_cases(todo: list[Case], cfg: PreprocessConfig, cache_dir: Path, keys: dict[str, str], bar: tqdm) -> None:
+    """Preprocess ``todo`` in this process or in ``cfg.num_workers`` worker processes."""
+    workers = min(cfg.num_workers, len(todo))
+    if workers <= 1:
+        for case in todo:
+            preprocess_case(case, cfg, cache_dir / "cases" / case.case_id, keys[case.case_id])
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(_worker, c, cfg, cache_dir / "cases" / c.case_id, keys[c.case_id], threads) for c in todo
+            ]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
 
 def preprocess_dataset(
@@ -187,28 +211,8 @@ def preprocess_dataset(
         len(todo),
         cache_dir,
     )
-    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress)
-    workers = min(cfg.num_workers, len(todo))
-    if workers <= 1:
-        for case in todo:
-            preprocess_case(case, cfg, cache_dir / "cases" / case.case_id, keys[case.case_id])
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [
-                pool.submit(_worker, c, cfg, cache_dir / "cases" / c.case_id, keys[c.case_id], threads) for c in todo
-            ]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    bar.close()
+    with tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress) as bar:
+        run_cases(todo, cfg, cache_dir, keys, bar)
     metas = [json.loads((cache_dir / "cases" / c.case_id / "meta.json").read_text()) for c in all_cases]
     write_index(cache_dir, cfg, metas)
     log.info(

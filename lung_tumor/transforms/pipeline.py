@@ -22,6 +22,7 @@ from lung_tumor.errors import LungTumorError
 from lung_tumor.transforms.dictionary import CropFromSliced, ResampleInPlaned
 
 AIR_HU = -1000.0
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel and MONAI world axes
 
 
 def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
@@ -110,7 +111,7 @@ def preprocess_transforms(
     keys = tuple(keys)
     low, high, clip = intensity_range(cfg)
     size = (cfg.image_size, cfg.image_size, -1)
-    chain: list[Any] = [Orientationd(keys, axcodes=cfg.orientation)]
+    chain: list[Any] = [Orientationd(keys, axcodes=cfg.orientation, labels=RAS_LABELS)]
     if crop:
         chain.append(CropFromSliced(keys, cfg.crop_from_slice, cfg.thin_volume))
     chain += [
