@@ -1,0 +1,385 @@
+"""PNG pictures a clinician can read: contour overlays, montages across the tumour, training curves.
+
+CT slices are shown in a lung window (W1500 / L-600) in radiological convention (patient's right on the
+image's left, anterior up), derived from the affine with nibabel's orientation tools, so any voxel order
+is displayed the same way. Axes are in millimetres. Figures are drawn with matplotlib's Agg canvas (no
+display, no global ``pyplot`` state) and written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from lung_tumor.errors import LungTumorError
+from lung_tumor.io import atomic_path
+from lung_tumor.report import axial_axis
+
+log = logging.getLogger(__name__)
+
+LUNG_WINDOW_WIDTH, LUNG_WINDOW_LEVEL = 1500.0, -600.0
+# Okabe-Ito bluish green and vermillion: distinguishable with the common colour-vision deficiencies.
+TRUTH_COLOUR, PREDICTION_COLOUR = "#009E73", "#D55E00"
+DPI = 100
+OVERLAY_SIZE_INCHES = (15.0, 6.0)  # 1500 x 600 pixels
+MONTAGE_COLUMNS, MONTAGE_MAX_SLICES = 4, 12
+MONTAGE_WIDTH_INCHES, MONTAGE_ROW_INCHES, MONTAGE_TITLE_INCHES = 16.0, 4.2, 0.9  # 12 slices: 1600 x 1350 pixels
+MONTAGE_MARGIN_MM = 15.0
+DISPLAY_AXCODES = ("P", "L", "S")  # array rows run anterior -> posterior, columns patient right -> left
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Save a figure as PNG through a temporary file and ``os.replace``; returns the path."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)
+    return Path(path)
+
+
+class _DisplayVolume:
+    """A CT and its masks reoriented for radiological display: ``data[row, column, slice]``."""
+
+    def __init__(self, image_hu: np.ndarray, affine: np.ndarray, masks: dict[str, np.ndarray | None]) -> None:
+        affine = np.asarray(affine, dtype=float)
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(DISPLAY_AXCODES)
+        )
+        self.image = nib.orientations.apply_orientation(np.asarray(image_hu, dtype=np.float32), transform)
+        self.masks = {
+            name: None if m is None else nib.orientations.apply_orientation(np.asarray(m) != 0, transform)
+            for name, m in masks.items()
+        }
+        self.affine = affine @ nib.orientations.inv_ornt_aff(transform, np.shape(image_hu))
+        self.to_original = np.linalg.inv(affine) @ self.affine
+        self.original_axial_axis = axial_axis(affine)
+        self.row_mm, self.column_mm = np.linalg.norm(self.affine[:3, :2], axis=0)
+
+    @property
+    def tumour(self) -> np.ndarray:
+        """Union of the masks (what the slice choice follows)."""
+        union = np.zeros(self.image.shape, dtype=bool)
+        for mask in self.masks.values():
+            if mask is not None:
+                union |= mask
+        return union
+
+    def slice_label(self, k: int) -> str:
+        """Slice number in the original file's voxel order and its world z in mm."""
+        original = self.to_original @ np.array([0.0, 0.0, k, 1.0])
+        z_mm = (self.affine @ np.array([0.0, 0.0, k, 1.0]))[2]
+        return f"slice {int(round(original[self.original_axial_axis]))}, z = {z_mm:.1f} mm"
+
+    def extent(self) -> tuple[float, float, float, float]:
+        rows, columns = self.image.shape[:2]
+        return (0.0, columns * self.column_mm, rows * self.row_mm, 0.0)
+
+    def draw(self, ax, k: int, box_mm: tuple[float, float, float, float] | None = None) -> None:
+        """Draw slice ``k`` with the mask contours on ``ax``; ``box_mm`` = (x0, x1, y0, y1) zooms in."""
+        lo = LUNG_WINDOW_LEVEL - LUNG_WINDOW_WIDTH / 2
+        ax.imshow(
+            self.image[:, :, k],
+            cmap="gray",
+            vmin=lo,
+            vmax=lo + LUNG_WINDOW_WIDTH,
+            extent=self.extent(),
+            interpolation="nearest",
+        )
+        rows, columns = self.image.shape[:2]
+        x = (np.arange(columns) + 0.5) * self.column_mm
+        y = (np.arange(rows) + 0.5) * self.row_mm
+        for name, colour, width in (("truth", TRUTH_COLOUR, 2.0), ("prediction", PREDICTION_COLOUR, 1.4)):
+            mask = self.masks.get(name)
+            if mask is not None and mask[:, :, k].any():
+                ax.contour(x, y, mask[:, :, k].astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
+        x0, x1, y0, y1 = box_mm if box_mm is not None else self.extent()[:2] + self.extent()[2:][::-1]
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        for text, position, align in (
+            ("R", (0.02, 0.5), ("left", "center")),
+            ("L", (0.98, 0.5), ("right", "center")),
+            ("A", (0.5, 0.98), ("center", "top")),
+            ("P", (0.5, 0.02), ("center", "bottom")),
+        ):
+            ax.text(
+                *position,
+                text,
+                transform=ax.transAxes,
+                color="white",
+                fontsize=9,
+                fontweight="bold",
+                path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
+                ha=align[0],
+                va=align[1],
+            )
+
+    def tumour_box_mm(self, margin_mm: float = MONTAGE_MARGIN_MM) -> tuple[float, float, float, float]:
+        """In-plane bounding box of the tumour (all slices) plus a margin, made square, in mm."""
+        rows, columns = np.nonzero(self.tumour.any(axis=2))
+        x0, x1 = columns.min() * self.column_mm, (columns.max() + 1) * self.column_mm
+        y0, y1 = rows.min() * self.row_mm, (rows.max() + 1) * self.row_mm
+        half = max(x1 - x0, y1 - y0) / 2 + margin_mm
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        return cx - half, cx + half, cy - half, cy + half
+
+
+def _legend(figure: Figure, volume: _DisplayVolume) -> None:
+    handles, labels = [], []
+    if volume.masks.get("truth") is not None:
+        handles.append(Line2D([], [], color=TRUTH_COLOUR, linewidth=2.0))
+        labels.append("ground truth")
+    if volume.masks.get("prediction") is not None:
+        handles.append(Line2D([], [], color=PREDICTION_COLOUR, linewidth=1.4))
+        labels.append("prediction")
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=11, frameon=False)
+
+
+def _area_mm2(volume: _DisplayVolume, name: str, k: int) -> str:
+    mask = volume.masks.get(name)
+    return "-" if mask is None else f"{mask[:, :, k].sum() * volume.row_mm * volume.column_mm:.0f} mm²"
+
+
+def overlay_figure(
+    image_hu: np.ndarray,
+    affine: np.ndarray,
+    truth: np.ndarray | None,
+    prediction: np.ndarray | None,
+    path: str | Path,
+    title: str = "",
+    slices: int = 3,
+) -> Path:
+    """Whole axial slices with the tumour's largest area, ground-truth and predicted contours drawn.
+
+    Args:
+        image_hu: (X, Y, Z) CT in Hounsfield units.
+        affine: its voxel-to-world affine.
+        truth: ground-truth mask on the same grid, or ``None``.
+        prediction: predicted mask on the same grid, or ``None``.
+        path: the PNG to write (1500 x 600 pixels).
+        title: shown above the panels (e.g. the case id).
+        slices: how many slices (largest tumour area first, shown in cranio-caudal order).
+
+    Returns:
+        The written path.
+    """
+    volume = _DisplayVolume(image_hu, affine, {"truth": truth, "prediction": prediction})
+    area = volume.tumour.sum(axis=(0, 1))
+    depth = volume.image.shape[2]
+    if area.any():
+        chosen = [int(k) for k in np.argsort(-area, kind="stable")[:slices] if area[k] > 0]
+        note = "slices of largest tumour area"
+    else:
+        chosen = sorted({int(round(f * (depth - 1))) for f in np.linspace(0.25, 0.75, slices)})
+        note = "no tumour in ground truth or prediction: evenly spaced slices"
+    chosen.sort(reverse=True)  # superior first
+    figure = Figure(figsize=OVERLAY_SIZE_INCHES, dpi=DPI)
+    axes = figure.subplots(1, slices, squeeze=False)[0]
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, k in zip(axes, chosen, strict=False):
+        ax.set_axis_on()
+        volume.draw(ax, k)
+        ax.set_title(
+            f"{volume.slice_label(k)}\ntruth {_area_mm2(volume, 'truth', k)}, "
+            f"prediction {_area_mm2(volume, 'prediction', k)}",
+            fontsize=10,
+        )
+        ax.set_xlabel("mm (patient's right → left)", fontsize=8)
+        ax.set_ylabel("mm (anterior → posterior)", fontsize=8)
+    figure.suptitle(f"{title}  {note}; lung window W1500/L-600, radiological view".strip(), fontsize=12)
+    _legend(figure, volume)
+    figure.subplots_adjust(left=0.04, right=0.99, top=0.84, bottom=0.12, wspace=0.25)
+    return save_figure(figure, path)
+
+
+def montage_figure(
+    image_hu: np.ndarray,
+    affine: np.ndarray,
+    truth: np.ndarray | None,
+    prediction: np.ndarray | None,
+    path: str | Path,
+    title: str = "",
+) -> Path | None:
+    """Up to 12 evenly spaced axial slices across the tumour's extent, zoomed on the tumour.
+
+    Returns:
+        The written path (1600 pixels wide, 420 pixels per row of 4 slices plus 90 for the titles), or
+        ``None`` when neither mask has any tumour.
+    """
+    volume = _DisplayVolume(image_hu, affine, {"truth": truth, "prediction": prediction})
+    present = np.flatnonzero(volume.tumour.any(axis=(0, 1)))
+    if not present.size:
+        log.info("no tumour in ground truth or prediction: no montage for %s", title or path)
+        return None
+    count = min(MONTAGE_MAX_SLICES, present.size)
+    chosen = np.unique(np.round(np.linspace(present.min(), present.max(), count)).astype(int))[::-1]
+    rows = math.ceil(len(chosen) / MONTAGE_COLUMNS)
+    box = volume.tumour_box_mm()
+    height = MONTAGE_ROW_INCHES * rows + MONTAGE_TITLE_INCHES
+    figure = Figure(figsize=(MONTAGE_WIDTH_INCHES, height), dpi=DPI)
+    axes = figure.subplots(rows, MONTAGE_COLUMNS, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, k in zip(axes, chosen, strict=False):
+        ax.set_axis_on()
+        volume.draw(ax, int(k), box)
+        ax.set_title(volume.slice_label(int(k)), fontsize=10)
+    figure.suptitle(
+        f"{title}  tumour extent, superior to inferior (mm); lung window W1500/L-600, radiological view".strip(),
+        fontsize=12,
+    )
+    _legend(figure, volume)
+    figure.subplots_adjust(left=0.04, right=0.99, top=1 - 0.45 / height, bottom=0.45 / height, wspace=0.25, hspace=0.3)
+    return save_figure(figure, path)
+
+
+def case_pictures(
+    image_hu: np.ndarray,
+    affine: np.ndarray,
+    truth: np.ndarray | None,
+    prediction: np.ndarray | None,
+    output: str | Path,
+    name: str,
+) -> list[Path]:
+    """Overlay and montage of one case into ``output`` as ``NAME_overlay.png`` and ``NAME_montage.png``."""
+    output = Path(output)
+    written = [overlay_figure(image_hu, affine, truth, prediction, output / f"{name}_overlay.png", title=name)]
+    montage = montage_figure(image_hu, affine, truth, prediction, output / f"{name}_montage.png", title=name)
+    if montage is not None:
+        written.append(montage)
+    return written
+
+
+def read_scalars(run: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a run's TensorBoard logs (``RUN/tensorboard/``, subfolders included).
+
+    Returns:
+        tag -> [(step, value), ...] sorted by step; a tag found in several log folders is prefixed with
+        the folder's name relative to ``tensorboard/``.
+
+    Raises:
+        LungTumorError: there is no ``tensorboard/`` folder or no scalar in it.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = Path(run) / "tensorboard"
+    if not folder.is_dir():
+        raise LungTumorError("run has no tensorboard/ folder", run)
+    log_dirs = sorted({p.parent for p in folder.rglob("events.out.tfevents.*")})
+    found: dict[Path, dict[str, list[tuple[int, float]]]] = {}
+    for log_dir in log_dirs:
+        accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        found[log_dir] = {
+            tag: sorted((e.step, e.value) for e in accumulator.Scalars(tag)) for tag in accumulator.Tags()["scalars"]
+        }
+    tags = [tag for by_tag in found.values() for tag in by_tag]
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for log_dir, by_tag in found.items():
+        prefix = log_dir.relative_to(folder).as_posix()
+        for tag, points in by_tag.items():
+            scalars[f"{prefix}/{tag}" if tags.count(tag) > 1 and prefix != "." else tag] = points
+    if not scalars:
+        raise LungTumorError("no scalar found in the TensorBoard logs", folder)
+    return dict(sorted(scalars.items()))
+
+
+def training_curves_figure(run: str | Path, path: str | Path) -> Path:
+    """Plot every scalar of a run's TensorBoard logs, one panel per tag; returns the written PNG."""
+    scalars = read_scalars(run)
+    columns = min(3, len(scalars))
+    rows = math.ceil(len(scalars) / columns)
+    figure = Figure(figsize=(5.0 * columns, 3.4 * rows + 0.6), dpi=DPI)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(scalars) :]:
+        ax.set_axis_off()
+    for ax, (tag, points) in zip(axes, scalars.items(), strict=False):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o" if len(points) <= 30 else None, markersize=3, color="#0072B2")
+        if ("lr" in tag.lower().split("/")[-1] or "learning_rate" in tag.lower()) and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_title(tag, fontsize=11)
+        ax.set_xlabel("step", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    figure.suptitle(f"training curves: {Path(run).name}", fontsize=12)
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    return save_figure(figure, path)
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI file as a float32 array and its affine.
+
+    Raises:
+        LungTumorError: the file is missing or not a readable 3D NIfTI image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LungTumorError("file not found", path)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for a damaged file
+        raise LungTumorError(f"not a readable NIfTI image ({err})", path) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise LungTumorError(f"expected a 3D image, got shape {data.shape}", path)
+    return data, np.asarray(image.affine, dtype=float)
+
+
+def visualize_command(
+    image: str | Path | None = None,
+    label: str | Path | None = None,
+    prediction: str | Path | None = None,
+    run: str | Path | None = None,
+    output: str | Path = "pictures",
+) -> list[Path]:
+    """``lung-tumor visualize``: overlay and montage of a CT with its masks, and/or a run's training curves.
+
+    Args:
+        image: CT NIfTI; with ``label`` and/or ``prediction`` (NIfTI masks on the same grid) it gives
+            ``NAME_overlay.png`` and ``NAME_montage.png``.
+        label: ground-truth mask NIfTI.
+        prediction: predicted mask NIfTI.
+        run: a training run folder: gives ``training_curves.png`` from its ``tensorboard/`` logs.
+        output: the folder to write into.
+
+    Returns:
+        The written PNG paths.
+
+    Raises:
+        LungTumorError: nothing to draw, a file is missing or unreadable, or a mask's shape differs from the CT's.
+    """
+    output = Path(output)
+    if image is None and run is None:
+        raise LungTumorError("nothing to draw: give --image (with --label and/or --prediction) or --run")
+    if image is None and (label is not None or prediction is not None):
+        raise LungTumorError("--label and --prediction need the CT they belong to (--image)")
+    written: list[Path] = []
+    if image is not None:
+        image_hu, affine = load_volume(image)
+        masks = {}
+        for name, path in (("truth", label), ("prediction", prediction)):
+            masks[name] = None
+            if path is not None:
+                masks[name], _ = load_volume(path)
+                if masks[name].shape != image_hu.shape:
+                    raise LungTumorError(f"shape {masks[name].shape} differs from the image's {image_hu.shape}", path)
+        if label is None and prediction is None:
+            log.warning("no --label or --prediction: the overlay shows the CT only")
+        name = Path(image).name.removesuffix(".gz").removesuffix(".nii")
+        written += case_pictures(image_hu, affine, masks["truth"], masks["prediction"], output, name)
+    if run is not None:
+        written.append(training_curves_figure(run, output / "training_curves.png"))
+    for path in written:
+        log.info("wrote %s", path)
+    return written
