@@ -43,9 +43,13 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
         volume = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=None)(str(path))
     except Exception as err:  # nibabel, gzip, zlib and ITK raise many types for a corrupt file
         raise LungTumorError(f"cannot read {what}: {root_cause(err)}", path) from None
-    if volume.ndim != 4 or volume.shape[0] != 1:
-        shape = tuple(volume.shape[1:]) if volume.shape[0] == 1 else tuple(volume.shape)
-        raise LungTumorError(f"{what} must be a single 3D volume, got shape {shape}", path)
+    if volume.ndim != 4:
+        raise LungTumorError(f"{what} must be a single 3D volume, got shape {tuple(volume.shape[1:])}", path)
+    if volume.shape[0] != 1:
+        raise LungTumorError(
+            f"{what} must be a single 3D volume, got {volume.shape[0]} volumes of shape {tuple(volume.shape[1:])}",
+            path,
+        )
     if min(volume.shape[1:]) < 1:
         raise LungTumorError(f"{what} is empty, shape {tuple(volume.shape[1:])}", path)
     return volume

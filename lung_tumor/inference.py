@@ -1,0 +1,241 @@
+"""``lung-tumor predict``: segment whole CT volumes with a trained run and write NIfTI masks and reports.
+
+A volume goes through exactly the preprocessing the run was trained with (its saved ``config.yaml``),
+except the crop from slice ``crop_from_slice``: prediction covers every axial slice, because the
+network is 2D and sees one slice (with its neighbours) at a time; the crop only chose which slices
+training learned from. The probabilities are mapped back to the input grid by inverting the MONAI
+transforms (padding, in-plane resampling, orientation), so the mask has the input's shape and affine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+from tqdm import tqdm
+
+from lung_tumor.config import PreprocessConfig
+from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
+from lung_tumor.errors import LungTumorError
+from lung_tumor.io import atomic_path
+from lung_tumor.report import lung_mask, tumour_report, write_report
+from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
+from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
+
+log = logging.getLogger(__name__)
+
+LUNG_MARGIN_MM = 10.0  # how far outside the HU lung mask a lesion may lie and still be kept
+
+
+@dataclass
+class Prediction:
+    """A segmented volume, on the input's own grid.
+
+    Attributes:
+        mask: uint8 tumour mask, the input's shape.
+        probability: float32 tumour probability, the input's shape.
+        affine: the input's 4x4 affine (RAS world, as nibabel).
+        spacing: voxel size in mm along the three array axes.
+        image_hu: the input CT in HU.
+        source: the file or DICOM folder read.
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    image_hu: np.ndarray
+    source: Path
+
+
+def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres."""
+    if min_mm3 <= 0 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes_mm3 = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = sizes_mm3 >= min_mm3
+    return keep[labels].astype(mask.dtype)
+
+
+def keep_near_lungs(mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Keep the lesions that overlap the lungs grown by :data:`LUNG_MARGIN_MM` (a HU-based lung mask)."""
+    if not mask.any():
+        return mask
+    lungs = lung_mask(image_hu, affine)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    distance_mm = ndimage.distance_transform_edt(~lungs, sampling=spacing) if lungs.any() else None
+    near = lungs if distance_mm is None else distance_mm <= LUNG_MARGIN_MM
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(labels[near & (labels > 0)])
+    return np.isin(labels, touching[touching > 0]).astype(mask.dtype)
+
+
+class Predictor:
+    """Segment CT volumes with a trained run.
+
+    Args:
+        run_dir: the training run folder (``config.yaml`` and ``checkpoints/``).
+        checkpoint: ``best``, ``last`` or a checkpoint path.
+        threshold: probability above which a voxel is tumour.
+        min_lesion_mm3: remove predicted lesions smaller than this.
+        lung_mask: keep only lesions in or within 10 mm of the lungs.
+        slices_per_batch: axial slices sent to the network at once.
+        device: torch device (default: CUDA when available).
+
+    Raises:
+        LungTumorError: the run folder, its config or its checkpoint is missing or unreadable.
+
+    Examples::
+
+        predictor = Predictor("runs/demo/unet2d/fold_0")
+        result = predictor.predict_file("scan.nii.gz")
+        result.mask.sum()
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        checkpoint: str = "best",
+        threshold: float = 0.5,
+        min_lesion_mm3: float = 0.0,
+        lung_mask: bool = False,
+        slices_per_batch: int = 32,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise LungTumorError(f"threshold must be in (0, 1), got {threshold}")
+        if min_lesion_mm3 < 0:
+            raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {min_lesion_mm3}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network, config = load_trained_model(run_dir, checkpoint, self.device)
+        self.preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
+        self.inferer = SliceStackInferer(context_slices(config), slices_per_batch)
+        self.threshold = threshold
+        self.min_lesion_mm3 = min_lesion_mm3
+        self.lung_mask = lung_mask
+        self.run_dir = Path(run_dir)
+
+    @torch.no_grad()
+    def probabilities(self, volume: torch.Tensor) -> torch.Tensor:
+        """Tumour probabilities of a preprocessed (1, H, W, Z) volume, same shape."""
+        stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
+        stack = stack.permute(0, 3, 1, 2)[None].to(self.device, torch.float32)  # (1, 1, Z, H, W)
+        logits = self.inferer(stack, self.network)  # (1, 1, Z, H, W)
+        return torch.sigmoid(logits[0]).permute(0, 2, 3, 1).cpu()  # (1, H, W, Z)
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Segment one NIfTI file or DICOM series folder.
+
+        Raises:
+            LungTumorError: the input is missing, unreadable, or not a 3D volume.
+        """
+        path = Path(path)
+        image = load_volume(path, "image")
+        image_hu = image[0].numpy()
+        affine = image.affine.numpy()
+        transforms = preprocess_transforms(self.preprocess, keys=("image",), crop=False)
+        volume = apply_transforms(transforms, {"image": image})["image"]
+        probability = volume.clone()
+        probability.set_array(self.probabilities(volume))
+        restored = transforms.inverse({"image": probability})["image"]
+        probability_map = restored[0].numpy().astype(np.float32)
+        if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
+            raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
+        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        mask = (probability_map > self.threshold).astype(np.uint8)
+        mask = remove_small_lesions(mask, spacing, self.min_lesion_mm3)
+        if self.lung_mask:
+            mask = keep_near_lungs(mask, image_hu, affine)
+        return Prediction(mask, probability_map, affine, spacing, image_hu, path)  # type: ignore[arg-type]
+
+
+def input_volumes(path: Path) -> list[Path]:
+    """The volumes named by ``--input``: a NIfTI file, a DICOM series folder, or a folder of NIfTI files."""
+    if not path.exists():
+        raise LungTumorError("input not found", path)
+    if path.is_file():
+        if not path.name.endswith(NIFTI_SUFFIXES):
+            raise LungTumorError("input must be a .nii/.nii.gz file or a folder", path)
+        return [path]
+    niftis = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    if niftis:
+        return niftis
+    if any(p.is_file() for p in path.iterdir()):
+        return [path]  # a DICOM series
+    raise LungTumorError("folder holds no NIfTI file and no DICOM series", path)
+
+
+def output_paths(source: Path, output: Path | None, run_dir: Path, many: bool) -> dict[str, Path]:
+    """Where the mask, probability map and reports of ``source`` go."""
+    case = case_id_from_path(source)
+    if output is None:
+        folder = run_dir / "predictions"
+    elif many or output.is_dir() or not output.name.endswith(NIFTI_SUFFIXES):
+        folder = output
+    else:
+        folder, case = output.parent, case_id_from_path(output)
+    return {
+        "mask": folder / f"{case}.nii.gz",
+        "probability": folder / f"{case}_probability.nii.gz",
+        "report_json": folder / f"{case}_report.json",
+        "report_text": folder / f"{case}_report.txt",
+    }
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    """Write a NIfTI atomically, with the given affine as both qform and sform."""
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return path
+
+
+def predict(
+    run: str | Path,
+    input: str | Path,
+    output: str | Path | None = None,
+    threshold: float = 0.5,
+    min_lesion_mm3: float = 0.0,
+    lung_mask: bool = False,
+    save_probabilities: bool = False,
+) -> list[dict[str, Path]]:
+    """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
+
+    Returns:
+        For each input, the paths written.
+    """
+    sources = input_volumes(Path(input))
+    predictor = Predictor(run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask)
+    written = []
+    for source in tqdm(sources, desc="predict", unit="volume", disable=len(sources) < 2):
+        result = predictor.predict_file(source)
+        paths = output_paths(source, None if output is None else Path(output), Path(run), len(sources) > 1)
+        save_nifti(result.mask, result.affine, paths["mask"])
+        if save_probabilities:
+            save_nifti(result.probability, result.affine, paths["probability"])
+        else:
+            paths.pop("probability")
+        report = tumour_report(result.mask, result.affine, result.image_hu)
+        report["source"] = str(source)
+        write_report(report, paths["report_json"], paths["report_text"])
+        log.info(
+            "%s: %d lesion(s), %.2f ml -> %s",
+            source.name,
+            report["lesion_count"],
+            report["total_volume_ml"],
+            paths["mask"],
+        )
+        written.append(paths)
+    return written
+
+
+__all__ = ["Prediction", "Predictor", "predict"]
