@@ -41,10 +41,12 @@ CONVENTIONS = {
     "side": "patient's right when the lesion centroid's world x is greater than the midline x, else left; the "
     "midline is the x-centre of mass of the body (voxels > -500 HU) when the CT is given, else the image centre",
     "contacts": "HU heuristic, needs the CT: lung = air-like voxels (< -400 HU) inside the body (per axial slice, "
-    "air connected to the image border is outside air), the two largest 3D components, holes filled per slice "
+    "inside the convex hull of the largest soft-tissue component > -500 HU), the two largest 3D components, "
+    "holes filled per slice "
     "(vessels and nodules inside the lung count as lung). The lesion is dilated by 2 voxels; if at least 3 "
-    "dilated voxels are non-lung tissue (> -500 HU), it touches the mediastinum where that tissue has lung on "
-    "both sides along the patient's left-right line (between the lungs), otherwise the chest wall",
+    "dilated voxels are non-lung tissue (> -500 HU), it touches the mediastinum where that tissue lies between the "
+    "lungs (along the patient's left-right line, the nearest lung voxels on either side lie on opposite sides "
+    "of the midline), otherwise the chest wall (lateral, anterior or posterior wall, diaphragm)",
 }
 
 
@@ -128,17 +130,45 @@ def body_midline_x(affine: np.ndarray, shape: tuple[int, ...], image_hu: np.ndar
     return float(affine[0, :3] @ centre + affine[0, 3]), method
 
 
+def _convex_polygon_mask(facets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels inside a 2D convex hull given by ``ConvexHull.equations`` (a x + b y + c <= 0), row by row."""
+    rows = np.arange(shape[0], dtype=float)[:, None]
+    a, b, c = facets[:, 0], facets[:, 1], facets[:, 2]
+    tol = 1e-9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (-c - a * rows) / b  # (rows, facets): the column where each facet's line crosses the row
+    upper = np.where(b > tol, bound, np.inf).min(axis=1)
+    lower = np.where(b < -tol, bound, -np.inf).max(axis=1)
+    row_ok = np.all(np.where(np.abs(b) <= tol, a * rows + c <= tol, True), axis=1)
+    columns = np.arange(shape[1], dtype=float)[None, :]
+    return row_ok[:, None] & (columns >= lower[:, None] - tol) & (columns <= upper[:, None] + tol)
+
+
+def _air_inside_torso(section_hu: np.ndarray) -> np.ndarray:
+    """Air-like pixels of one axial slice inside the convex hull of its largest soft-tissue component.
+
+    The hull, rather than "air not connected to the image border", keeps the lungs of a tight crop whose
+    lungs touch the border, and still excludes the air around the patient and the scanner's padding.
+    """
+    inside = np.zeros(section_hu.shape, dtype=bool)
+    air = section_hu < AIR_MAX_HU
+    labels, count = ndimage.label(section_hu > BODY_MIN_HU)
+    if not count or not air.any():
+        return inside
+    torso = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    outline = np.argwhere(torso & ~ndimage.binary_erosion(torso))
+    try:
+        facets = ConvexHull(outline).equations
+    except (QhullError, ValueError):  # fewer than 3 points or all on a line: no enclosed air
+        return inside
+    return air & _convex_polygon_mask(facets, section_hu.shape)
+
+
 def lung_mask(image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """A rough lung mask from Hounsfield units (see :data:`CONVENTIONS` ``contacts``); may be empty."""
     axis = axial_axis(affine)
-    air = np.moveaxis(np.asarray(image_hu) < AIR_MAX_HU, axis, -1)
-    inside_air = np.zeros_like(air)
-    for k in range(air.shape[-1]):
-        labels, count = ndimage.label(air[..., k])
-        if not count:
-            continue
-        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        inside_air[..., k] = (labels > 0) & ~np.isin(labels, edge)
+    hu = np.moveaxis(np.asarray(image_hu), axis, -1)
+    inside_air = np.stack([_air_inside_torso(hu[..., k]) for k in range(hu.shape[-1])], axis=-1)
     labels, count = label_lesions(inside_air)
     lungs = np.zeros_like(inside_air)
     if count:
@@ -155,23 +185,32 @@ def _contacts(
     all_lesions: np.ndarray,
     lungs: np.ndarray,
     image_hu: np.ndarray,
-    lr_axis: int,
+    affine: np.ndarray,
+    midline_x: float,
 ) -> tuple[bool, bool]:
     """Whether the lesion (given inside ``box``) touches the chest wall and the mediastinum."""
     dilated = ndimage.binary_dilation(lesion_box, iterations=CONTACT_DILATION_VOXELS)
     tissue = dilated & ~all_lesions[box] & ~lungs[box] & (image_hu[box] > BODY_MIN_HU)
     if tissue.sum() < MIN_CONTACT_VOXELS:
         return False, False
-    # lung on both sides along the left-right line means the tissue lies between the lungs
+    # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either
+    # side: tissue whose two nearest lung voxels lie on opposite sides of the midline is between the lungs.
+    lr_axis = left_right_axis(affine)
     row_box = tuple(slice(None) if a == lr_axis else box[a] for a in range(3))
-    row_lungs = lungs[row_box].astype(np.int32)
-    before = np.cumsum(row_lungs, axis=lr_axis)
-    after = np.take(before, [-1], axis=lr_axis) - before
-    before = before - row_lungs
-    lr_slice = box[lr_axis]
-    before = np.take(before, np.arange(lr_slice.start, lr_slice.stop), axis=lr_axis)[tissue]
-    after = np.take(after, np.arange(lr_slice.start, lr_slice.stop), axis=lr_axis)[tissue]
-    between = (before > 0) & (after > 0)
+    row_lungs = lungs[row_box]
+    length = row_lungs.shape[lr_axis]
+    index = np.arange(length).reshape([-1 if a == lr_axis else 1 for a in range(3)])
+    before = np.maximum.accumulate(np.where(row_lungs, index, -1), axis=lr_axis)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(row_lungs, index, length), lr_axis), axis=lr_axis), lr_axis)
+    columns = np.arange(box[lr_axis].start, box[lr_axis].stop)
+    before = np.take(before, columns, axis=lr_axis)[tissue]
+    after = np.take(after, columns, axis=lr_axis)[tissue]
+    voxels = np.argwhere(tissue) + np.array([s.start for s in box])
+    x = voxels @ affine[0, :3] + affine[0, 3]
+    step = affine[0, lr_axis]  # world x change per voxel along the left-right axis
+    x_before = x + step * (before - voxels[:, lr_axis]) - midline_x
+    x_after = x + step * (after - voxels[:, lr_axis]) - midline_x
+    between = (before >= 0) & (after < length) & (x_before * x_after < 0)
     return int((~between).sum()) >= MIN_CONTACT_VOXELS, int(between.sum()) >= MIN_CONTACT_VOXELS
 
 
@@ -203,7 +242,7 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
         raise ValueError(f"CT shape {np.shape(image_hu)} differs from the mask's {mask.shape}")
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     spacing = voxel_spacing(affine)
-    axis, lr_axis = axial_axis(affine), left_right_axis(affine)
+    axis = axial_axis(affine)
     midline_x, midline_method = body_midline_x(affine, mask.shape, image_hu)
     labels, count = label_lesions(mask)
 
@@ -231,7 +270,7 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
         slices = np.flatnonzero(np.any(lesion_box, axis=tuple(a for a in range(3) if a != axis))) + box[axis].start
         touches_wall = touches_mediastinum = None
         if lungs is not None:
-            touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, lungs, image_hu, lr_axis)
+            touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, lungs, image_hu, affine, midline_x)
         lesions.append(
             {
                 "volume_ml": volume_ml,

@@ -137,3 +137,25 @@ def test_empty_mask() -> None:
     report = tumour_report(np.zeros((8, 8, 8)), RAS)
     assert report["lesion_count"] == 0 and report["total_volume_ml"] == 0.0
     assert "no tumour found" in format_report(report)
+
+
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct" / "lidc-idri-0001"
+
+
+@pytest.mark.skipif(not (REAL_CT / "ct.nii.gz").is_file(), reason="shared real CT not available")
+def test_real_lidc_nodule() -> None:
+    import nibabel as nib
+
+    image = nib.load(REAL_CT / "ct.nii.gz")
+    mask = np.asarray(nib.load(REAL_CT / "nodule_mask_2readers.nii.gz").dataobj)
+    report = tumour_report(mask, image.affine, np.asarray(image.dataobj, dtype=np.float32))
+    # the README's figures: 6,281 voxels of 0.703 x 0.703 x 2.5 mm, one nodule of about 25 mm
+    assert report["orientation"] == "LPS"
+    assert report["lesion_count"] == 1
+    assert report["total_volume_ml"] == pytest.approx(6281 * abs(np.linalg.det(image.affine[:3, :3])) / 1000)
+    lesion = report["lesions"][0]
+    assert lesion["equivalent_diameter_mm"] == pytest.approx(25, abs=1.5)
+    # voxel axis 0 runs towards the patient's left (L,P,S) and the nodule lies at i > 300 of 512
+    assert lesion["centroid_voxel"][0] > 300 and lesion["side"] == "left"
+    assert lesion["longest_axial_diameter_mm"] >= lesion["equivalent_diameter_mm"]
+    assert lesion["touches_chest_wall"] is not None
