@@ -81,12 +81,17 @@ def _case_type(pred_voxels: int, true_voxels: int) -> str:
 
 
 def _crop_to_union(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop both masks to the bounding box of their union plus one voxel, so metrics stay cheap on big CTs."""
-    coords = np.argwhere(prediction | truth)
-    lo = np.maximum(coords.min(0) - 1, 0)
-    hi = np.minimum(coords.max(0) + 2, prediction.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    return prediction[box], truth[box]
+    """Crop both masks to the bounding box of their union plus one voxel, so metrics stay cheap on big CTs.
+
+    Two empty masks are cropped to a single voxel.
+    """
+    union = prediction | truth
+    box = []
+    for axis in range(union.ndim):
+        present = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        lo, hi = (present[0], present[-1] + 1) if present.size else (0, 1)
+        box.append(slice(max(lo - 1, 0), min(hi + 1, union.shape[axis])))
+    return prediction[tuple(box)], truth[tuple(box)]
 
 
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
@@ -141,6 +146,7 @@ def case_metrics(
     case_type = _case_type(pred_voxels, true_voxels)
     undefined: dict[str, str] = {}
     result: dict[str, Any] = {"case_type": case_type}
+    pred_crop, true_crop = _crop_to_union(pred, true)  # every voxel outside is a true negative
 
     if case_type == "both_empty":
         tp = fp = fn = 0
@@ -155,7 +161,6 @@ def case_metrics(
         undefined["hd95_mm"] = "both masks empty"
         result["specificity"] = 1.0
     else:
-        pred_crop, true_crop = _crop_to_union(pred, true)
         y_pred, y = _as_batch(pred_crop), _as_batch(true_crop)
         confusion = get_confusion_matrix(y_pred, y, include_background=True)
         tp, fp, _, fn = (int(v) for v in confusion[0, 0])
@@ -203,7 +208,7 @@ def case_metrics(
     )
     if not true_voxels:
         undefined["volume_rel_error"] = "empty ground truth"
-    result.update(lesion_detection(pred, true))
+    result.update(lesion_detection(pred_crop, true_crop))
     if result["lesion_sensitivity"] is None:
         undefined["lesion_sensitivity"] = "no true lesion"
     result["undefined"] = undefined
@@ -216,9 +221,10 @@ def per_slice_soft_dice(probabilities: np.ndarray, truth: np.ndarray, axis: int 
     A slice without tumour scores (about) 0 however good the prediction is: this is the flaw of the
     naive recipe, kept here only to reproduce its number.
     """
-    p = np.moveaxis(np.asarray(probabilities, dtype=np.float64), axis, 0).reshape(np.shape(probabilities)[axis], -1)
-    t = np.moveaxis(np.asarray(truth) != 0, axis, 0).reshape(p.shape).astype(np.float64)
-    return 2.0 * (p * t).sum(1) / (p.sum(1) + t.sum(1) + NAIVE_SOFT_DICE_EPS)
+    p = np.moveaxis(np.asarray(probabilities, dtype=np.float32), axis, 0).reshape(np.shape(probabilities)[axis], -1)
+    t = np.moveaxis(np.asarray(truth) != 0, axis, 0).reshape(p.shape)
+    overlap = np.where(t, p, 0.0).sum(axis=1, dtype=np.float64)
+    return 2.0 * overlap / (p.sum(axis=1, dtype=np.float64) + t.sum(axis=1) + NAIVE_SOFT_DICE_EPS)
 
 
 def slice_averaged_soft_dice(probabilities: np.ndarray, truth: np.ndarray, axis: int = -1) -> float:
