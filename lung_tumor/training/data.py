@@ -1,0 +1,206 @@
+"""Training data: slice datasets from the cache, augmentation, tumour-weighted sampling, validation volumes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DistributedWeightedRandomSampler
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    Rand2DElasticd,
+    RandAffined,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
+
+from lung_tumor.errors import LungTumorError
+
+KEYS = ("image", "label")
+
+AUGMENTATION_DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "affine_prob": 0.8,
+    "rotate_deg": 45.0,
+    "scale": [0.85, 1.15],
+    "translate_fraction": 0.1,
+    "elastic_prob": 0.3,
+    "elastic_spacing": 32,
+    "elastic_magnitude": [1.0, 3.0],
+    "intensity_prob": 0.0,
+}
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+    if not (isinstance(value, list | tuple) and len(value) == 2 and low <= float(value[0]) <= float(value[1]) <= high):
+        raise LungTumorError(
+            f"augmentation.{name} must be [min, max] with {low} <= min <= max <= {high}, got {value!r}"
+        )
+    return float(value[0]), float(value[1])
+
+
+def _check_prob(name: str, value: Any) -> float:
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise LungTumorError(f"augmentation.{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: int | None = None) -> Compose:
+    """MONAI dictionary transforms that augment ``image`` and ``label`` with one draw per sample.
+
+    Geometry (``RandAffined``: rotation, scale, translation; ``Rand2DElasticd``) moves image and label
+    together, bilinear for the image and nearest for the label, so the label stays binary. Intensity
+    augmentation (scale, shift, noise) touches the image only.
+
+    Args:
+        section: the config's ``augmentation`` mapping (keys of ``AUGMENTATION_DEFAULTS``); ``None`` for defaults.
+        image_size: slice size in pixels (translations and elastic grid spacing are relative to it).
+        seed: seed of the transforms' random state.
+
+    Raises:
+        LungTumorError: an unknown key or a value out of range.
+    """
+    unknown = sorted(set(section or {}) - set(AUGMENTATION_DEFAULTS))
+    if unknown:
+        raise LungTumorError(f"augmentation: unknown key(s) {unknown}; known keys are {sorted(AUGMENTATION_DEFAULTS)}")
+    cfg = {**AUGMENTATION_DEFAULTS, **(section or {})}
+    transforms: list = [EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False)]
+    if cfg["enabled"]:
+        affine_prob = _check_prob("affine_prob", cfg["affine_prob"])
+        elastic_prob = _check_prob("elastic_prob", cfg["elastic_prob"])
+        intensity_prob = _check_prob("intensity_prob", cfg["intensity_prob"])
+        scale_lo, scale_hi = _check_range("scale", cfg["scale"], 0.1, 10.0)
+        rotate_deg = cfg["rotate_deg"]
+        if not isinstance(rotate_deg, int | float) or not 0 <= rotate_deg <= 180:
+            raise LungTumorError(f"augmentation.rotate_deg must be in [0, 180] degrees, got {rotate_deg!r}")
+        rotate = math.radians(rotate_deg)
+        translate = _check_prob("translate_fraction", cfg["translate_fraction"]) * image_size
+        magnitude = _check_range("elastic_magnitude", cfg["elastic_magnitude"], 0.0, 100.0)
+        spacing = int(cfg["elastic_spacing"])
+        if spacing < 2:
+            raise LungTumorError(f"augmentation.elastic_spacing must be >= 2 pixels, got {spacing}")
+        transforms.append(
+            RandAffined(
+                keys=KEYS,
+                prob=affine_prob,
+                rotate_range=(rotate,),
+                # MONAI draws the scale factor as 1 + U(lo, hi)
+                scale_range=((scale_lo - 1.0, scale_hi - 1.0),),
+                translate_range=(translate, translate),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+        if elastic_prob > 0:
+            transforms.append(
+                Rand2DElasticd(
+                    keys=KEYS,
+                    spacing=(spacing, spacing),
+                    magnitude_range=magnitude,
+                    prob=elastic_prob,
+                    mode=("bilinear", "nearest"),
+                    padding_mode="zeros",
+                )
+            )
+        if intensity_prob > 0:
+            transforms += [
+                RandScaleIntensityd(keys="image", factors=0.1, prob=intensity_prob),
+                RandShiftIntensityd(keys="image", offsets=0.05, prob=intensity_prob),
+                RandGaussianNoised(keys="image", std=0.01, prob=intensity_prob),
+            ]
+    compose = Compose(transforms)
+    if seed is not None:
+        compose.set_random_state(seed=seed)
+    return compose
+
+
+def tumour_weights(
+    tumour_flags: Sequence[bool] | np.ndarray,
+    tumour_weight: float | None = None,
+    tumour_fraction: float | None = None,
+) -> np.ndarray:
+    """Per-slice sampling weights: tumour slices ``tumour_weight`` times as likely as the others.
+
+    Give either ``tumour_weight`` (the original recipe's 8.2:1) or ``tumour_fraction``, the expected
+    share of tumour slices among the draws (0.5 means balanced batches), from which the weight follows.
+    """
+    flags = np.asarray(tumour_flags, dtype=bool)
+    n_tumour, n_other = int(flags.sum()), int((~flags).sum())
+    if (tumour_weight is None) == (tumour_fraction is None):
+        raise LungTumorError("sampler: give exactly one of tumour_weight or tumour_fraction")
+    if tumour_fraction is not None:
+        if not 0 < tumour_fraction < 1:
+            raise LungTumorError(f"sampler.tumour_fraction must be in (0, 1), got {tumour_fraction!r}")
+        tumour_weight = (
+            1.0 if n_tumour == 0 or n_other == 0 else tumour_fraction * n_other / ((1 - tumour_fraction) * n_tumour)
+        )
+    if not tumour_weight > 0:
+        raise LungTumorError(f"sampler.tumour_weight must be positive, got {tumour_weight!r}")
+    return np.where(flags, float(tumour_weight), 1.0)
+
+
+def expected_tumour_fraction(tumour_flags: Sequence[bool] | np.ndarray, weights: np.ndarray) -> float:
+    """The share of tumour slices a sampler with these ``weights`` draws on average."""
+    flags = np.asarray(tumour_flags, dtype=bool)
+    return float(weights[flags].sum() / weights.sum())
+
+
+def build_sampler(
+    dataset: Dataset,
+    weights: np.ndarray,
+    num_samples: int,
+    world_size: int = 1,
+    rank: int = 0,
+    generator: torch.Generator | None = None,
+) -> Sampler:
+    """Weighted sampling with replacement, ``num_samples`` per epoch in all.
+
+    With several processes, MONAI's ``DistributedWeightedRandomSampler`` gives each rank a disjoint
+    share of the slices (reshuffled every epoch) and draws ``num_samples / world_size`` from it.
+    """
+    if num_samples < 1:
+        raise LungTumorError(f"training.samples_per_epoch must be >= 1, got {num_samples}")
+    if world_size > 1:
+        return DistributedWeightedRandomSampler(
+            dataset,
+            weights.tolist(),
+            num_samples_per_rank=math.ceil(num_samples / world_size),
+            generator=generator,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+        )
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples, replacement=True, generator=generator
+    )
+
+
+class VolumeDataset(Dataset):
+    """Whole cached volumes for validation: ``{"image": (1, Z, H, W), "label": (1, Z, H, W), "case": str}``.
+
+    Args:
+        cache: a ``lung_tumor.cache.SliceCache``.
+        cases: labelled case ids.
+    """
+
+    def __init__(self, cache: Any, cases: Sequence[str]) -> None:
+        self.cache = cache
+        self.cases = list(cases)
+        for case in self.cases:
+            if cache.label(case) is None:
+                raise LungTumorError(f"validation case {case} has no label in the slice cache")
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.cases[index]
+        image = torch.from_numpy(np.asarray(self.cache.image(case), dtype=np.float32))[None]
+        label = torch.from_numpy(np.asarray(self.cache.label(case), dtype=np.float32))[None]
+        return {"image": image, "label": label, "case": case}
