@@ -1,0 +1,736 @@
+"""Synthetic chest CT in the MSD Task06_Lung layout, with exact tumour labels and a ground-truth file.
+
+Each case is a CT volume in Hounsfield units (int16) with the anatomy a lung tumour model has to
+tell tumours from: body wall (skin, fat, muscle), two textured lungs above a domed diaphragm,
+abdomen (liver, stomach with gas, bowel fat and gas) in the lowest slices, heart, aorta,
+trachea and bronchi, branching pulmonary vessels (tumour-sized near the hilum, the usual false
+positives), spine, ribs, sternum and a scanner table; then 1-3 lobulated or spiculated tumours
+inside the lung parenchyma (some touching the chest wall or the mediastinum), slight in-plane
+blur and scanner noise. About one case in eight (every case whose number is a multiple of 8)
+has no tumour. The label is exactly the voxels painted as tumour.
+
+Two sizes:
+
+- ``full``: like MSD, 512 x 512 in-plane at 0.6-1.0 mm, 100-300 slices of 1.0-2.5 mm;
+  tumours 5-60 mm in diameter.
+- ``small``: 128 x 128 in-plane at 2.5-3.0 mm, 48-64 slices of 4.5-5.5 mm, the same anatomy
+  in millimetres; tumours 15-60 mm so that each still spans at least about three slices.
+
+Arrays are (X, Y, Z) with the voxel axes pointing to the patient's left, posterior and
+superior (affine ``diag(-dx, -dy, dz)``, axis codes L, P, S like the MSD and LIDC files), so
+slice 0 is the lowest (abdominal) slice. A case depends only on ``(seed, case number)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.errors import LungTumorError
+
+log = logging.getLogger(__name__)
+
+SIZES = ("small", "full")
+TRUTH_FILE = "synth_truth.json"
+_DATASET_ENTRIES = {"dataset.json", TRUTH_FILE, "imagesTr", "labelsTr", "imagesTs"}
+NO_TUMOUR_EVERY = 8  # lung_008, lung_016, ... have no tumour
+HU_MIN, HU_MAX = -1024, 3071
+_SLAB = 16  # slices per vectorised block: bounds the float32 temporaries of a full-size case
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Grid and sampling ranges of one size."""
+
+    in_plane: int
+    pixel_mm: tuple[float, float]
+    slices: tuple[int, int]
+    slice_mm: tuple[float, float]
+    tumour_mm: tuple[float, float]
+    min_vessel_radius_mm: float
+    max_vessel_segments: int
+
+
+_GEOMETRY = {
+    "full": _Geometry(512, (0.6, 1.0), (100, 300), (1.0, 2.5), (5.0, 60.0), 0.8, 3000),
+    "small": _Geometry(128, (2.5, 3.0), (48, 64), (4.5, 5.5), (15.0, 60.0), 1.4, 800),
+}
+
+
+@dataclass
+class SyntheticCase:
+    """One synthetic CT scan with its tumour label and ground truth.
+
+    Attributes:
+        case_id: ``lung_XXX``.
+        image: int16 HU, shape (X, Y, Z).
+        label: uint8 tumour mask (0/1), same shape.
+        affine: 4x4 voxel-to-world (RAS mm) matrix.
+        tumours: one dict per lesion: ``centre_voxel`` and ``centre_mm`` (centroid of the label
+            voxels of the lesion), ``diameter_mm`` (nominal), ``voxels``, ``volume_ml``, ``location``.
+        noise_hu: standard deviation of the scanner noise in the final image.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    tumours: list[dict[str, Any]] = field(default_factory=list)
+    noise_hu: float = 0.0
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm (x, y, z)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+class _SmoothField:
+    """Gaussian-correlated noise with unit variance, evaluated slab by slab as a separable tensor product."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, scale_mm: float):
+        self.weights = [_interpolation_weights(n, s, scale_mm) for n, s in zip(shape, spacing, strict=True)]
+        self.coarse = rng.standard_normal(tuple(w.shape[1] for w in self.weights), dtype=np.float32)
+
+    def slab(self, k0: int, k1: int) -> np.ndarray:
+        """The field on slices ``k0:k1``, shape (X, Y, k1 - k0)."""
+        wx, wy, wz = self.weights
+        abz = self.coarse @ wz[k0:k1].T
+        ayz = np.matmul(wy[None], abz)
+        return (wx @ ayz.reshape(len(abz), -1)).reshape(len(wx), len(wy), k1 - k0)
+
+
+def _interpolation_weights(n: int, spacing: float, scale_mm: float) -> np.ndarray:
+    positions = np.arange(n) * spacing
+    nodes = np.arange(-2 * scale_mm, n * spacing + 2 * scale_mm, scale_mm)
+    weights = np.exp(-0.5 * ((positions[:, None] - nodes[None, :]) / scale_mm) ** 2)
+    return (weights / np.sqrt((weights**2).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def _rotate_random(rng: np.random.Generator, direction: np.ndarray, angle: float) -> np.ndarray:
+    """Turn ``direction`` by ``angle`` radians towards a random perpendicular."""
+    perpendicular = _unit(np.cross(direction, _unit(rng.standard_normal(3))))
+    return _unit(math.cos(angle) * direction + math.sin(angle) * perpendicular)
+
+
+class _Volume:
+    """The HU volume being painted, its lung mask and tumour label, with grid-mm helpers."""
+
+    def __init__(self, shape: tuple[int, int, int], spacing: np.ndarray) -> None:
+        self.shape = shape
+        self.spacing = spacing
+        self.hu = np.empty(shape, np.float32)
+        self.lung = np.zeros(shape, bool)
+        self.label = np.zeros(shape, np.uint8)
+
+    def box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]] | None:
+        """Index box covering ``[lo_mm, hi_mm]`` (grid mm) and the broadcastable mm coordinates in it."""
+        lo = np.maximum(np.floor(lo_mm / self.spacing).astype(int), 0)
+        hi = np.minimum(np.ceil(hi_mm / self.spacing).astype(int) + 1, self.shape)
+        if np.any(hi <= lo):
+            return None
+        index = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        coords = [
+            (np.arange(a, b, dtype=np.float32) * s).reshape([-1 if d == axis else 1 for d in range(3)])
+            for axis, (a, b, s) in enumerate(zip(lo, hi, self.spacing, strict=True))
+        ]
+        return index, coords
+
+    def tube(self, start: np.ndarray, end: np.ndarray, r0: float, r1: float) -> tuple[tuple[slice, ...], np.ndarray]:
+        """Voxels within a tapered tube (radius ``r0`` at ``start`` to ``r1`` at ``end``, grid mm)."""
+        reach = max(r0, r1)
+        found = self.box(np.minimum(start, end) - reach, np.maximum(start, end) + reach)
+        if found is None:
+            return (slice(0, 0),) * 3, np.zeros((0, 0, 0), bool)
+        index, (gx, gy, gz) = found
+        axis = end - start
+        length2 = max(float(axis @ axis), 1e-6)
+        vx, vy, vz = gx - start[0], gy - start[1], gz - start[2]
+        t = np.clip((vx * axis[0] + vy * axis[1] + vz * axis[2]) / length2, 0.0, 1.0)
+        dist2 = (vx - t * axis[0]) ** 2 + (vy - t * axis[1]) ** 2 + (vz - t * axis[2]) ** 2
+        return index, dist2 < (r0 + (r1 - r0) * t) ** 2
+
+    def inside_lung(self, point_mm: np.ndarray) -> bool:
+        index = np.round(point_mm / self.spacing).astype(int)
+        if np.any(index < 0) or np.any(index >= self.shape):
+            return False
+        return bool(self.lung[tuple(index)])
+
+
+@dataclass
+class _Anatomy:
+    """Per-case anatomical parameters in mm (centred in-plane frame: +X patient left, +Y posterior)."""
+
+    rng: np.random.Generator
+    geometry: _Geometry
+    shape: tuple[int, int, int]
+    spacing: np.ndarray
+    centre: np.ndarray  # grid mm of the body centre (in-plane) ; z unused
+    half_width: float
+    half_depth: float
+    z_diaphragm: float
+    lung_height: float
+    values: dict[str, float]
+
+    @property
+    def z_apex(self) -> float:
+        return self.z_diaphragm + self.lung_height
+
+    @property
+    def z_hilum(self) -> float:
+        return self.z_diaphragm + 0.45 * self.lung_height
+
+
+def _draw_anatomy(rng: np.random.Generator, geometry: _Geometry) -> _Anatomy:
+    # The field of view is fitted to the body, as a technologist does.
+    half_width = rng.uniform(150.0, 190.0)
+    pixel = float(np.clip(2 * half_width * rng.uniform(1.15, 1.35) / geometry.in_plane, *geometry.pixel_mm))
+    slice_mm = rng.uniform(*geometry.slice_mm)
+    n_slices = int(np.clip(round(rng.uniform(300.0, 360.0) / slice_mm), *geometry.slices))
+    shape = (geometry.in_plane, geometry.in_plane, n_slices)
+    spacing = np.array([pixel, pixel, slice_mm])
+    fov = geometry.in_plane * pixel
+    half_width = min(half_width, 0.45 * fov)
+    half_depth = half_width * rng.uniform(0.62, 0.75)
+    centre = np.array([fov / 2 + rng.uniform(-8, 8), fov / 2 - 0.08 * fov + rng.uniform(-5, 5), 0.0])
+    extent = n_slices * slice_mm
+    z_diaphragm = rng.uniform(0.10, 0.18) * extent
+    lung_height = min(rng.uniform(220.0, 270.0), extent - z_diaphragm - 10.0)
+    values = {
+        "fat": rng.uniform(-115, -85),
+        "muscle": rng.uniform(35, 55),
+        "soft": rng.uniform(25, 45),
+        "liver": rng.uniform(50, 70),
+        "blood": rng.uniform(35, 180),  # from no contrast to arterial phase
+        "lung": rng.uniform(-880, -820),
+        "lung_texture": rng.uniform(12, 25),
+        "bone": rng.uniform(450, 750),
+        "marrow": rng.uniform(180, 280),
+        "fat_thickness": rng.uniform(6, 25),
+        "muscle_thickness": rng.uniform(7, 14),
+        "noise": rng.uniform(10, 40),
+        "blur": rng.uniform(0.5, 0.8),
+    }
+    return _Anatomy(rng, geometry, shape, spacing, centre, half_width, half_depth, z_diaphragm, lung_height, values)
+
+
+def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None:
+    """Body, abdomen, lungs, heart, aorta and bones.
+
+    Most structures have a fixed in-plane footprint; each is painted on the pixels of its 2D footprint
+    times the slices of a block (arrays of shape (pixels, slices)), which keeps a full-size case fast.
+    """
+    nx, ny, nz = anat.shape
+    px, py, dz = (float(s) for s in anat.spacing)
+    v = {k: float(val) for k, val in anat.values.items()}
+    a, b = anat.half_width, anat.half_depth
+    x = np.repeat(np.arange(nx, dtype=np.float32) * px - float(anat.centre[0]), ny)  # flat (X, Y) pixel order
+    y = np.tile(np.arange(ny, dtype=np.float32) * py - float(anat.centre[1]), nx)
+    zs = np.arange(nz, dtype=np.float32) * dz
+
+    # Body outline: an ellipse with a random low-order radial modulation; depth below the skin in mm.
+    theta = np.arctan2(y * a, x * b)
+    modulation = 1 + sum(rng.uniform(-0.04, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+    radius = np.sqrt((x / a) ** 2 + (y / b) ** 2) / modulation
+    depth = (1 - radius) * a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2) * modulation
+    fat_end = 2 + v["fat_thickness"]
+    muscle_end = fat_end + v["muscle_thickness"]
+    table_y = b + rng.uniform(8, 25) + 0.0006 * x**2
+    table = (y > table_y) & (y < table_y + rng.uniform(3, 6)) & (np.abs(x) < 0.48 * nx * px)
+    base = np.select(
+        [depth > muscle_end, depth > fat_end, depth > 2, depth > 0, table],
+        [v["soft"], v["muscle"], v["fat"], 15.0, rng.uniform(100, 350)],
+        -1000.0,
+    ).astype(np.float32)
+    texture_gain = np.select([depth > muscle_end, depth > fat_end, depth > 2], [8.0, 6.0, 10.0], 0.0).astype(np.float32)
+    inner = np.flatnonzero(depth > muscle_end)
+
+    # Diaphragm: two domes (the right one higher) over the lowest lung point z_diaphragm.
+    dome = np.zeros_like(x)
+    for side, height in ((-1, rng.uniform(35, 55)), (1, rng.uniform(25, 45))):
+        r2 = ((x - side * 0.45 * a) / (0.5 * a)) ** 2 + ((y + 0.15 * b) / (0.75 * b)) ** 2
+        dome = np.maximum(dome, height * np.clip(1 - r2, 0, 1))
+    z_dome = anat.z_diaphragm + dome
+
+    spine_y = 0.5 * b
+    spine_r = rng.uniform(14, 19)
+    canal_y = spine_y + spine_r + 8
+    disc_period, disc_phase = rng.uniform(26, 32), rng.uniform(0, 30)
+    vertebra = x**2 + (y - spine_y) ** 2
+    canal = x**2 + (y - canal_y) ** 2
+    arch = ((canal < 13**2) & (canal > 8**2)) | ((np.abs(x) < 4) & (y > canal_y + 8) & (y < canal_y + 35))
+    paraspinal = ((x / (spine_r + 45)) ** 2 + ((y - canal_y) / 38) ** 2 < 1) & (y > spine_y) & (depth > fat_end)
+    spine_zone = (x / (spine_r + 30)) ** 2 + ((y - spine_y - 10) / (spine_r + 26)) ** 2 < 1
+
+    heart_c = (rng.uniform(15, 35), -0.2 * b, anat.z_diaphragm + 0.22 * anat.lung_height + 25)
+    heart_r = (rng.uniform(50, 65), rng.uniform(0.45, 0.55) * b, rng.uniform(45, 60))
+    heart_xy = ((x - heart_c[0]) / heart_r[0]) ** 2 + ((y - heart_c[1]) / heart_r[1]) ** 2
+    heart_z = ((zs - heart_c[2]) / heart_r[2]) ** 2
+
+    aorta_r = rng.uniform(10, 14)
+    z_arch = anat.z_apex - rng.uniform(55, 75)
+    descending = (spine_r + aorta_r + 4, spine_y - 8)
+    ascending = (-12.0, -0.3 * b)
+    d_desc = (x - descending[0]) ** 2 + (y - descending[1]) ** 2
+    d_asc = (x - ascending[0]) ** 2 + (y - ascending[1]) ** 2
+    ax, ay = descending[0] - ascending[0], descending[1] - ascending[1]
+    t = np.clip(((x - ascending[0]) * ax + (y - ascending[1]) * ay) / (ax**2 + ay**2), 0, 1)
+    d_arch = (x - ascending[0] - t * ax) ** 2 + (y - ascending[1] - t * ay) ** 2
+
+    # Lungs: two ellipses cut by the chest wall, mediastinum, heart, spine and aorta; rounded apex.
+    lung_ellipse = np.minimum(
+        ((x + 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
+        ((x - 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
+    )
+    h = (zs - anat.z_diaphragm) / anat.lung_height
+    lung_scale2 = np.where(h < 0.35, 1.0, np.clip(1 - ((h - 0.35) / 0.65) ** 2, 0, 1)).astype(np.float32)
+    mediastinum = (rng.uniform(12, 18) + 10 * np.clip(1 - h, 0, 1)).astype(np.float32)
+    wall = muscle_end + rng.uniform(9, 13)
+    lung_px = np.flatnonzero(
+        (lung_ellipse < 1) & (depth > wall) & ~spine_zone & ~paraspinal & (d_desc > (aorta_r + 3) ** 2)
+    )
+    lung_base = v["lung"] + 45 * (y[lung_px] / b)  # dependent (posterior) lung is denser
+
+    rib_slope, rib_period, rib_phase = rng.uniform(90, 130), rng.uniform(24, 30), rng.uniform(0, 30)
+    rib_half = rng.uniform(4, 6)
+    rib_band = (depth > muscle_end - 1) & (depth < muscle_end + 6)
+    rib_px = np.flatnonzero(rib_band & (np.abs(x) > np.where(y < 0, 0.22 * a, spine_r + 25)))
+    rib_offset = rib_slope * (1 + np.sin(theta[rib_px])) / 2  # ribs run down from the spine to the front
+    sternum = np.flatnonzero((np.abs(x) < 14) & (y < 0) & (depth > fat_end) & (depth < muscle_end + 4))
+
+    stomach_c = (0.45 * a, -0.2 * b, anat.z_diaphragm + 10)
+    stomach_xy = ((x - stomach_c[0]) / 45) ** 2 + ((y - stomach_c[1]) / 38) ** 2
+    spleen = ((x - 0.6 * a) / (0.25 * a)) ** 2 + ((y - 0.45 * b) / (0.3 * b)) ** 2 < 1
+
+    pixels = {
+        "heart": np.flatnonzero((heart_xy < 1) & (depth > muscle_end)),
+        "descending": np.flatnonzero(d_desc < aorta_r**2),
+        "ascending": np.flatnonzero(d_asc < (aorta_r + 2) ** 2),
+        "arch": np.flatnonzero(d_arch < aorta_r**2),
+        "vertebra": np.flatnonzero(vertebra < spine_r**2),
+        "arch_bone": np.flatnonzero(arch),
+        "canal": np.flatnonzero(canal < 8**2),
+        "paraspinal": np.flatnonzero(paraspinal & ~arch & (vertebra > spine_r**2) & (canal > 8**2)),
+    }
+    vertebra_hu = np.where(vertebra[pixels["vertebra"]] < (spine_r - 2) ** 2, v["marrow"], v["bone"])[:, None]
+    tissue = _SmoothField(rng, anat.shape, anat.spacing, 20.0)
+    texture = _SmoothField(rng, anat.shape, anat.spacing, 6.0)
+
+    for k0 in range(0, nz, _SLAB):
+        k1 = min(k0 + _SLAB, nz)
+        z = zs[None, k0:k1]
+        t_noise = tissue.slab(k0, k1).reshape(nx * ny, -1)
+        l_noise = texture.slab(k0, k1).reshape(nx * ny, -1)
+        hu = base[:, None] + texture_gain[:, None] * t_noise
+        lung = np.zeros(hu.shape, bool)
+
+        # Inside the wall: mediastinal tissue and fat above the diaphragm; bowel (soft tissue with fat and
+        # gas), liver on the right, spleen and a stomach with a gas cap below it.
+        tn, ln, xi, yi = t_noise[inner], l_noise[inner], x[inner, None], y[inner, None]
+        value = np.where(tn > 0.4, v["fat"] + 20, v["soft"] + 8 * tn)
+        if z[0, 0] <= z_dome.max():
+            bowel = np.where(ln > 1.0, v["fat"], v["soft"] + 8 * tn)
+            bowel = np.where((ln > 2.2) & (xi > 0), np.float32(-950), bowel)
+            bowel = np.where(spleen[inner, None], v["soft"] + 10, bowel)
+            stomach = stomach_xy[inner, None] + ((z - stomach_c[2]) / 40) ** 2 < 1
+            bowel = np.where(stomach, np.where(yi < stomach_c[1] - 12, np.float32(-980), np.float32(15)), bowel)
+            bowel = np.where(xi < 0.15 * a, v["liver"] + 6 * tn, bowel)
+            value = np.where(z <= z_dome[inner, None], bowel, value)
+        hu[inner] = value
+
+        in_lung = (
+            (lung_ellipse[lung_px, None] < lung_scale2[None, k0:k1])
+            & (np.abs(x[lung_px, None]) > mediastinum[None, k0:k1])
+            & (z > z_dome[lung_px, None])
+            & (heart_xy[lung_px, None] + heart_z[None, k0:k1] > 1.15)
+        )
+        hu[lung_px] = np.where(in_lung, lung_base[:, None] + v["lung_texture"] * l_noise[lung_px], hu[lung_px])
+        lung[lung_px] = in_lung
+
+        p = pixels["heart"]
+        ellipsoid = heart_xy[p, None] + heart_z[None, k0:k1]
+        in_heart = (ellipsoid < 1) & (z > z_dome[p, None])
+        hu[p] = np.where(in_heart, np.where(ellipsoid < 0.6, v["blood"], v["muscle"]), hu[p])
+        p = pixels["descending"]
+        hu[p] = np.where(z <= z_arch, v["blood"], hu[p])
+        p = pixels["ascending"]
+        hu[p] = np.where((z <= z_arch) & (z > heart_c[2]), v["blood"], hu[p])
+        p = pixels["arch"]
+        hu[p] = np.where(d_arch[p, None] + (z - z_arch) ** 2 < aorta_r**2, v["blood"], hu[p])
+
+        # Bones: spine (cortex, marrow, discs, arch) with back muscles, ribs in the chest wall, sternum.
+        disc = ((z - disc_phase) % disc_period) < 6
+        hu[pixels["paraspinal"]] = v["muscle"] + 6 * t_noise[pixels["paraspinal"]]
+        hu[pixels["vertebra"]] = np.where(disc, np.float32(85), vertebra_hu)
+        hu[pixels["arch_bone"]] = np.where(disc, hu[pixels["arch_bone"]], 0.8 * v["bone"])
+        hu[pixels["canal"]] = 20.0
+        rib_z = z - rib_offset[:, None]
+        ribs = (((rib_z - rib_phase) % rib_period) < 2 * rib_half) & (rib_z > anat.z_diaphragm - 60)
+        hu[rib_px] = np.where(ribs & (rib_z < anat.z_apex + 10), 0.9 * v["bone"], hu[rib_px])
+        in_sternum = (z > heart_c[2] - 40) & (z < anat.z_apex - 20)
+        hu[sternum] = np.where(in_sternum, v["marrow"] + 100, hu[sternum])
+
+        vol.hu[:, :, k0:k1] = hu.reshape(nx, ny, -1)
+        vol.lung[:, :, k0:k1] = lung.reshape(nx, ny, -1)
+
+
+def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> int:
+    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees; returns segment count."""
+    b = anat.half_depth
+    v = anat.values
+
+    def grid(x_mm: float, y_mm: float, z_mm: float) -> np.ndarray:
+        return np.array([anat.centre[0] + x_mm, anat.centre[1] + y_mm, z_mm])
+
+    def airway(start: np.ndarray, end: np.ndarray, r0: float, r1: float, only_lung: bool) -> None:
+        for radius_extra, value in ((1.5, v["soft"]), (0.0, -990.0)):
+            index, inside = vol.tube(start, end, r0 + radius_extra, r1 + radius_extra)
+            if only_lung:
+                inside = inside & vol.lung[index]
+            elif radius_extra:
+                vol.lung[index] &= ~inside
+            vol.hu[index][inside] = value
+
+    carina = grid(0, 0.5 * b - rng.uniform(45, 55), anat.z_hilum + rng.uniform(15, 30))
+    top = carina.copy()
+    top[2] = anat.shape[2] * anat.spacing[2] + 10
+    airway(top, carina, rng.uniform(8, 11), rng.uniform(8, 10), only_lung=False)
+    hila = []
+    for side in (-1, 1):
+        hilum = grid(side * rng.uniform(30, 40), rng.uniform(-0.1, 0.05) * b, anat.z_hilum)
+        hila.append((side, hilum))
+        airway(carina, hilum, 6.5, 5.5, only_lung=False)
+        trunk = grid(side * 5 + 10, -0.25 * b, anat.z_hilum + 10)
+        index, inside = vol.tube(trunk, hilum, 12, 9)
+        vol.lung[index] &= ~inside
+        vol.hu[index][inside] = v["blood"]
+
+    segments = 0
+    for side, hilum in hila:
+        bronchi = _branching_tree(rng, vol, hilum, side, radius=4.0, min_radius=2.0, max_segments=12, roots=4)
+        for start, end, r0, r1 in bronchi:
+            airway(start, end, r0, r1, only_lung=True)
+        vessels = _branching_tree(
+            rng,
+            vol,
+            hilum,
+            side,
+            radius=rng.uniform(5.0, 7.0),
+            min_radius=anat.geometry.min_vessel_radius_mm,
+            max_segments=anat.geometry.max_vessel_segments,
+            roots=16,
+        )
+        for start, end, r0, r1 in vessels:
+            index, inside = vol.tube(start, end, r0, r1)
+            inside &= vol.lung[index]
+            vol.hu[index][inside] = v["blood"] + rng.uniform(-15, 15)
+        segments += len(bronchi) + len(vessels)
+    return segments
+
+
+def _branching_tree(
+    rng: np.random.Generator,
+    vol: _Volume,
+    root: np.ndarray,
+    side: int,
+    radius: float,
+    min_radius: float,
+    max_segments: int,
+    roots: int,
+) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Tapered segments branching out from ``root`` into the lung on ``side`` (-1 right, +1 left)."""
+    # Roots leave a hilum a few cm long, spread over the lateral half-space: up, down, forwards, backwards.
+    stack = []
+    for _ in range(roots):
+        d = _unit(np.array([side * 0.8, 0.0, 0.0]) + rng.standard_normal(3) * (1, 1, 1.5))
+        start = root + rng.uniform(-1, 1, 3) * (3, 12, 30)
+        stack.append((start, np.array([side * abs(d[0]), d[1], d[2]]), radius * rng.uniform(0.6, 1.0)))
+    segments: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    while stack and len(segments) < max_segments:
+        start, direction, r0 = stack.pop(0)  # breadth first: large vessels before the budget runs out
+        length = rng.uniform(4, 8) * r0 + 6
+        r1 = r0 * rng.uniform(0.85, 0.95)
+        end = start + direction * length
+        segments.append((start, end, r0, r1))
+        if r1 * 0.8 < min_radius or not vol.inside_lung(end):
+            continue
+        outward = _unit(end - root)
+        for _ in range(3 if rng.random() < 0.2 else 2):
+            child = _rotate_random(rng, _unit(direction + 0.6 * outward), rng.uniform(0.25, 0.6))
+            stack.append((end, child, r1 * rng.uniform(0.75, 0.9)))
+    return segments
+
+
+def _tumour_mask(rng: np.random.Generator, coords: list[np.ndarray], centre: np.ndarray, radius: float) -> np.ndarray:
+    """Lobulated, optionally spiculated solid around ``centre`` (grid mm) on the given box coordinates."""
+    vx, vy, vz = coords[0] - centre[0], coords[1] - centre[1], coords[2] - centre[2]
+    r = np.sqrt(vx**2 + vy**2 + vz**2) + 1e-6
+    ux, uy, uz = vx / r, vy / r, vz / r
+    boundary = np.float32(1.0)
+    for _ in range(4):
+        n = _unit(rng.standard_normal(3))
+        m = _unit(rng.standard_normal(3))
+        boundary = boundary + rng.uniform(-0.12, 0.12) * (ux * n[0] + uy * n[1] + uz * n[2])
+        boundary = boundary + rng.uniform(-0.2, 0.2) * ((ux * m[0] + uy * m[1] + uz * m[2]) ** 2 - 1 / 3)
+    mask = r < radius * boundary
+    for _ in range(rng.integers(0, 5)):  # lobes
+        n = _unit(rng.standard_normal(3)) * radius * rng.uniform(0.45, 0.75)
+        lobe_r = radius * rng.uniform(0.35, 0.6)
+        mask |= (vx - n[0]) ** 2 + (vy - n[1]) ** 2 + (vz - n[2]) ** 2 < lobe_r**2
+    if rng.random() < 0.5:  # spiculated: thin spikes reaching out of the surface
+        for _ in range(rng.integers(5, 16)):
+            n = _unit(rng.standard_normal(3))
+            reach = radius * rng.uniform(1.4, 2.2)
+            along = vx * n[0] + vy * n[1] + vz * n[2]
+            across2 = r**2 - along**2
+            width = rng.uniform(0.8, 2.0) * np.clip(1 - along / reach, 0, 1)
+            mask |= (along > 0) & (across2 < width**2)
+    return mask
+
+
+def _paint_tumours(vol: _Volume, anat: _Anatomy, rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
+    """Place ``count`` non-overlapping tumours in the lungs; paints HU and the label, returns raw lesion records."""
+    lesions: list[dict[str, Any]] = []
+    lo_d, hi_d = anat.geometry.tumour_mm
+    shape = np.array(anat.shape)
+    for _ in range(200):
+        if len(lesions) == count:
+            break
+        diameter = float(np.exp(rng.uniform(np.log(lo_d), np.log(hi_d))))
+        radius = diameter / 2
+        point = rng.integers(0, shape) * anat.spacing
+        if not vol.inside_lung(point):
+            continue
+        location = rng.choice(["central", "pleural", "mediastinal"], p=[0.5, 0.35, 0.15])
+        if location != "central":
+            side = 1.0 if point[0] > anat.centre[0] else -1.0
+            step = np.array([side, 0.0, 0.0]) * (1 if location == "pleural" else -1)
+            step = _unit(step + 0.4 * rng.standard_normal(3) * np.array([0, 1, 0.5]))
+            while vol.inside_lung(point + step):
+                point = point + step
+            point = point - step * 0.6 * radius
+        if any(np.linalg.norm(point - other["centre"]) < radius + other["radius"] + 10 for other in lesions):
+            continue
+        found = vol.box(point - 2.3 * radius, point + 2.3 * radius)
+        if found is None:
+            continue
+        index, coords = found
+        mask = _tumour_mask(rng, coords, point, radius) & vol.lung[index]
+        nominal_voxels = 4 / 3 * np.pi * radius**3 / float(np.prod(anat.spacing))
+        if mask.sum() < max(0.4 * nominal_voxels, 4):
+            continue
+        structure = ndimage.gaussian_filter(rng.standard_normal(mask.shape).astype(np.float32), 1.5)
+        structure /= max(float(structure.std()), 1e-6)
+        centre_hu = rng.uniform(-5, 50)
+        hu = centre_hu + 18 * structure
+        if diameter > 30:  # large tumours: a darker necrotic core
+            core = (coords[0] - point[0]) ** 2 + (coords[1] - point[1]) ** 2 + (coords[2] - point[2]) ** 2
+            hu = np.where(core < (0.35 * radius) ** 2, hu - 35, hu)
+        vol.hu[index][mask] = np.clip(hu, -50, 80)[mask]
+        vol.label[index][mask] = 1
+        vol.lung[index] &= ~mask
+        lesions.append({"index": index, "mask": mask, "centre": point, "radius": radius, "location": str(location)})
+    return lesions
+
+
+def _finish(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> np.ndarray:
+    """Slight in-plane blur, scanner noise (of the drawn final standard deviation), HU clip, int16."""
+    sigma = anat.values["blur"]
+    impulse = np.zeros((15, 15), np.float32)
+    impulse[7, 7] = 1
+    noise_gain = float(np.sqrt((ndimage.gaussian_filter(impulse, sigma, truncate=3.0) ** 2).sum()))
+    noise_sd = anat.values["noise"] / noise_gain
+    image = np.empty(anat.shape, np.int16)
+    for k0 in range(0, anat.shape[2], _SLAB):
+        k1 = min(k0 + _SLAB, anat.shape[2])
+        slab = vol.hu[:, :, k0:k1] + noise_sd * rng.standard_normal(vol.hu[:, :, k0:k1].shape, dtype=np.float32)
+        slab = ndimage.gaussian_filter(slab, (sigma, sigma, 0), truncate=3.0)
+        image[:, :, k0:k1] = np.clip(np.rint(slab), HU_MIN, HU_MAX)
+    return image
+
+
+def _affine(anat: _Anatomy, rng: np.random.Generator) -> np.ndarray:
+    """Voxel -> RAS mm: x to the patient's left, y posterior, z superior (axis codes L, P, S)."""
+    px, py, dz = anat.spacing
+    nx, ny, nz = anat.shape
+    affine = np.diag([-px, -py, dz, 1.0])
+    affine[:3, 3] = [px * (nx - 1) / 2, py * (ny - 1) / 2 + rng.uniform(-20, 20), -rng.uniform(0.3, 0.7) * nz * dz]
+    return affine
+
+
+def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | None = None) -> SyntheticCase:
+    """Make one synthetic chest CT.
+
+    Args:
+        case_index: the case number (``lung_{case_index:03d}``); with ``seed`` it fixes every random draw.
+        seed: dataset seed.
+        size: ``small`` or ``full`` (see the module docstring).
+        with_tumour: force tumours on or off; by default every 8th case has none.
+
+    Returns:
+        The image, label, affine and ground-truth lesion list.
+
+    Raises:
+        LungTumorError: unknown size or a negative case index.
+
+    Examples::
+
+        case = synthesize_case(1, seed=0, size="small")
+        case.image.shape, case.tumours[0]["volume_ml"]
+    """
+    if size not in _GEOMETRY:
+        raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
+    if case_index < 0:
+        raise LungTumorError(f"case index must be >= 0, got {case_index}")
+    rng = np.random.default_rng([seed, case_index])
+    anat = _draw_anatomy(rng, _GEOMETRY[size])
+    vol = _Volume(anat.shape, anat.spacing)
+    _paint_slabs(vol, anat, rng)
+    _paint_airways_and_vessels(vol, anat, rng)
+    if with_tumour is None:
+        with_tumour = case_index % NO_TUMOUR_EVERY != 0
+    count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
+    lesions = _paint_tumours(vol, anat, rng, count)
+    image = _finish(vol, anat, rng)
+    affine = _affine(anat, rng)
+    voxel_ml = float(np.prod(anat.spacing)) / 1000
+    tumours = []
+    for lesion in lesions:
+        offset = np.array([s.start for s in lesion["index"]])
+        centre_voxel = np.argwhere(lesion["mask"]).mean(axis=0) + offset
+        voxels = int(lesion["mask"].sum())
+        tumours.append(
+            {
+                "centre_voxel": [round(float(c), 3) for c in centre_voxel],
+                "centre_mm": [round(float(c), 3) for c in (affine @ np.append(centre_voxel, 1))[:3]],
+                "diameter_mm": round(2 * lesion["radius"], 2),
+                "voxels": voxels,
+                "volume_ml": round(voxels * voxel_ml, 4),
+                "location": lesion["location"],
+            }
+        )
+    return SyntheticCase(f"lung_{case_index:03d}", image, vol.label, affine, tumours, anat.values["noise"])
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A temporary name in the same folder (same file system, so ``os.replace`` is atomic), same suffix."""
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file beside ``path`` then rename it, so ``path`` is never half written."""
+    tmp = _temporary_beside(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a NIfTI with qform and sform (code 1, scanner) set to ``affine``, atomically."""
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    _replace_atomically(path, lambda tmp: nib.save(image, tmp))
+
+
+def _save_json(content: dict[str, Any], path: Path) -> None:
+    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1) + "\n"))
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse to write into a file or into a folder holding anything but an MSD dataset (or an interrupted one)."""
+    if out.exists() and not out.is_dir():
+        raise LungTumorError("exists and is not a folder", out)
+    if out.is_dir() and not (out / "dataset.json").is_file():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _DATASET_ENTRIES)
+        if foreign:
+            raise LungTumorError(
+                f"folder holds {foreign[:3]} and no dataset.json: not a dataset; refusing to write", out
+            )
+
+
+def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: int = 0, test_cases: int = 0) -> Path:
+    """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
+
+    Args:
+        out: dataset folder; created, or overwritten case by case when it already holds a dataset.
+        cases: labelled training cases (``lung_001`` ...).
+        size: ``small`` or ``full``.
+        seed: dataset seed; the same seed gives the same arrays.
+        test_cases: unlabelled cases in ``imagesTs/``, numbered after the training cases.
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        LungTumorError: bad counts, unknown size, or ``out`` is a non-empty folder that is not a dataset.
+    """
+    out = Path(out)
+    if not isinstance(cases, int) or cases < 1:
+        raise LungTumorError(f"--cases must be at least 1, got {cases!r}")
+    if not isinstance(test_cases, int) or test_cases < 0:
+        raise LungTumorError(f"--test-cases must be 0 or more, got {test_cases!r}")
+    if size not in _GEOMETRY:
+        raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
+    _check_output_folder(out)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    truth: dict[str, Any] = {"seed": seed, "size": size, "cases": {}}
+    training_ids, test_ids = [], []
+    lesions = 0
+    for index in tqdm(range(1, cases + test_cases + 1), desc="synth", unit="case", disable=None):
+        case = synthesize_case(index, seed, size)
+        training = index <= cases
+        folder = "imagesTr" if training else "imagesTs"
+        _save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz")
+        if training:
+            _save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz")
+            training_ids.append(case.case_id)
+        else:
+            test_ids.append(case.case_id)
+        lesions += len(case.tumours)
+        truth["cases"][case.case_id] = {
+            "split": "training" if training else "test",
+            "shape": list(case.image.shape),
+            "spacing": [round(s, 4) for s in case.spacing],
+            "noise_hu": round(case.noise_hu, 2),
+            "tumours": case.tumours,
+        }
+
+    note = f"lung_tumor synth, size {size}, seed {seed}; ground truth in {TRUTH_FILE}"
+    with tempfile.TemporaryDirectory(dir=out) as staging:  # write_dataset_json writes in place: stage it
+        os.replace(write_dataset_json(staging, training_ids, test_ids, synthetic=note), out / "dataset.json")
+    _save_json(truth, out / TRUTH_FILE)
+    log.info(
+        "wrote %d training + %d test %s synthetic cases (%d tumours) to %s in %.1f s",
+        cases,
+        test_cases,
+        size,
+        lesions,
+        out,
+        time.perf_counter() - started,
+    )
+    return out
