@@ -1,0 +1,169 @@
+"""Run folders: layout, atomic writes, checkpoint contents, and loading a trained network for inference.
+
+A run of fold ``K`` lives in ``<output_dir>/<run_name>/fold_K/``::
+
+    config.yaml          the config as trained (overrides applied, ``fold`` filled in); ``load_config`` reads it
+    metadata.json        versions, config hash, fold and case lists, best metric and epoch, parameter count
+    checkpoints/best.pt  state dicts at the best validation Dice
+    checkpoints/last.pt  state dicts at the end of the latest epoch (or where the run stopped)
+    tensorboard/         event files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from monai.bundle import ConfigParser
+from monai.inferers import Inferer
+
+from lung_tumor.config import load_config
+from lung_tumor.errors import LungTumorError
+
+CHECKPOINT_NAMES = ("best", "last")
+
+
+def context_slices(config: ConfigParser) -> int:
+    """The config's ``context_slices`` k: the network sees 2k+1 neighbouring slices as channels (0 = plain 2D)."""
+    value = config.get("context_slices", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise LungTumorError(f"context_slices must be an integer >= 0, got {value!r}")
+    return value
+
+
+def run_folder(config: ConfigParser, fold: int) -> Path:
+    """``<output_dir>/<run_name>/fold_<fold>`` for this config."""
+    output_dir = config.get("output_dir")
+    if not output_dir:
+        raise LungTumorError("config has no output_dir (where training runs are written)")
+    return Path(output_dir) / str(config.get("run_name", "unet2d")) / f"fold_{fold}"
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file through ``write(handle)`` into a temporary sibling, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda stream: stream.write(text.encode()))
+
+
+def write_json(path: Path, content: Any) -> None:
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_config(config: ConfigParser, path: Path) -> None:
+    """Save the config content (overrides applied) as plain YAML that ``load_config`` reads back."""
+    atomic_write_text(path, yaml.safe_dump(config.get(), sort_keys=False))
+
+
+def save_checkpoint(path: Path, objects: dict[str, Any]) -> None:
+    """Save ``{name: obj.state_dict()}`` atomically; the file loads with ``torch.load(weights_only=True)``."""
+    content = {name: obj.state_dict() for name, obj in objects.items() if obj is not None}
+    atomic_write_bytes(path, lambda stream: torch.save(content, stream))
+
+
+class RandomState:
+    """The Python, NumPy and torch random generators as a checkpointable object (tensors and numbers only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # the legacy global generator is the one set_determinism seeds and libraries draw from
+        _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+        version, internal, _ = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss),
+            "numpy_cached_gaussian": float(cached),
+            "python": torch.tensor(internal, dtype=torch.int64),
+            "python_version": int(version),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        keys = state["numpy_keys"].numpy().astype(np.uint32)
+        np.random.set_state(  # noqa: NPY002
+            ("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_cached_gaussian"])
+        )
+        random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), None))
+
+
+class SliceStackInferer(Inferer):
+    """Infer a volume slice by slice with a 2D network, each slice with ``context`` neighbours as channels.
+
+    Input (B, 1, Z, H, W) -> logits (B, out_channels, Z, H, W). Neighbours beyond the volume repeat
+    the edge slice, as ``SliceCache.slice_stack`` does for training.
+
+    Args:
+        context: neighbouring slices on each side (the config's ``context_slices``).
+        slices_per_batch: slices sent to the network at once.
+    """
+
+    def __init__(self, context: int = 0, slices_per_batch: int = 32) -> None:
+        super().__init__()
+        self.context = context
+        self.slices_per_batch = slices_per_batch
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        if inputs.ndim != 5 or inputs.shape[1] != 1:
+            raise ValueError(f"expected a (B, 1, Z, H, W) volume, got shape {tuple(inputs.shape)}")
+        outputs = []
+        for volume in torch.as_tensor(inputs):
+            depth = volume.shape[1]
+            offsets = torch.arange(-self.context, self.context + 1, device=volume.device)
+            chunks = []
+            for start in range(0, depth, self.slices_per_batch):
+                centres = torch.arange(start, min(start + self.slices_per_batch, depth), device=volume.device)
+                index = (centres[:, None] + offsets[None]).clamp(0, depth - 1)  # (n, 2k+1)
+                chunks.append(network(volume[0][index], *args, **kwargs))  # (n, C, H, W)
+            outputs.append(torch.cat(chunks).permute(1, 0, 2, 3))  # (C, Z, H, W)
+        return torch.stack(outputs)
+
+
+def load_trained_model(
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ConfigParser]:
+    """The network of a training run, in eval mode, with the weights of one of its checkpoints.
+
+    Args:
+        run_dir: the run folder (``<output_dir>/<run_name>/fold_K``).
+        checkpoint: ``best``, ``last``, or a path to a checkpoint file.
+        device: where to put the network.
+
+    Returns:
+        The network and the run's config (``network_def``, ``context_slices``, ``preprocess``...).
+
+    Raises:
+        LungTumorError: the folder, its ``config.yaml`` or the checkpoint is missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LungTumorError("run folder not found", run_dir)
+    config = load_config(run_dir / "config.yaml")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
+    if not path.is_file():
+        raise LungTumorError(f"no {checkpoint} checkpoint (has this run finished an epoch?)", path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: one line for the user
+        raise LungTumorError(f"cannot read checkpoint ({type(err).__name__})", path) from None
+    network = config.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(state["network"])
+    return network.to(device).eval(), config

@@ -1,0 +1,521 @@
+"""``lung-tumor train``: a MONAI ``SupervisedTrainer`` and ``SupervisedEvaluator`` on one fold of the slice cache.
+
+The same code runs on one device, under ``torchrun`` (several GPUs or nodes) or as spawned CPU processes,
+through ``ignite.distributed``; only rank 0 writes logs, checkpoints and metadata. The run folder layout
+is described in :mod:`lung_tumor.training.run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import ignite
+import ignite.distributed as idist
+import monai
+import torch
+from ignite.engine import Events
+from ignite.handlers import ProgressBar
+from ignite.metrics import Average
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, DistributedSampler
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import (
+    CheckpointLoader,
+    ConfusionMatrix,
+    EarlyStopHandler,
+    IgniteMetricHandler,
+    LrScheduleHandler,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    ValidationHandler,
+    from_engine,
+    stopping_fn_from_metric,
+)
+from monai.metrics import DiceMetric
+from monai.transforms import Activationsd, AsDiscreted, Compose
+from monai.utils import CommonKeys, set_determinism
+from torch.utils.tensorboard import SummaryWriter
+
+import lung_tumor
+from lung_tumor.cache import SliceCache, SliceDataset
+from lung_tumor.config import config_hash, load_config
+from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest
+from lung_tumor.errors import LungTumorError
+from lung_tumor.training.data import VolumeDataset, build_augmentation, build_sampler, tumour_weights
+from lung_tumor.training.losses import build_loss
+from lung_tumor.training.run import (
+    RandomState,
+    SliceStackInferer,
+    context_slices,
+    run_folder,
+    save_checkpoint,
+    save_config,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_METRIC = "val_dice"
+# MONAI's StatsHandler gives a logger it creates its own console handler and stops it propagating,
+# so the epoch statistics use a logger of their own rather than this module's
+STATS_LOGGER = "lung_tumor.training.stats"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The ``training`` section.
+
+    Args:
+        epochs: maximum number of epochs.
+        batch_size: slices per step and process.
+        samples_per_epoch: slices drawn per epoch over all processes (default: the number of training slices).
+        num_workers: data-loader worker processes per training process.
+        amp: mixed precision (used on GPU only).
+        max_iterations: stop after this many steps in all (for tests and CI); the run can be resumed.
+        max_minutes: wall-clock budget; the run stops after the step that exceeds it.
+        validation_interval: validate every this many epochs (and always where the run stops).
+        slices_per_batch: slices per forward pass when inferring validation volumes.
+        threshold: probability above which a pixel is tumour, for validation metrics.
+        tensorboard_images: validation cases shown as (CT, truth, prediction) images in TensorBoard.
+    """
+
+    epochs: int = 30
+    batch_size: int = 8
+    samples_per_epoch: int | None = None
+    num_workers: int = 2
+    amp: bool = True
+    max_iterations: int | None = None
+    max_minutes: float | None = None
+    validation_interval: int = 1
+    slices_per_batch: int = 32
+    threshold: float = 0.5
+    tensorboard_images: int = 2
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "validation_interval", "slices_per_batch")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LungTumorError(f"training.{name} must be an integer >= 1, got {value!r}")
+        for name in ("samples_per_epoch", "max_iterations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise LungTumorError(f"training.{name} must be an integer >= 1 or null, got {value!r}")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, int | float) and self.max_minutes > 0):
+            raise LungTumorError(f"training.max_minutes must be a positive number or null, got {self.max_minutes!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise LungTumorError(f"training.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not 0 < self.threshold < 1:
+            raise LungTumorError(f"training.threshold must be in (0, 1), got {self.threshold!r}")
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any] | None) -> TrainingConfig:
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise LungTumorError(f"training: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**section)
+
+
+def train_from_config(
+    config: str | Path | ConfigParser,
+    fold: int | None = None,
+    resume: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    nproc_per_node: int | None = None,
+    backend: str | None = None,
+) -> dict[str, Any]:
+    """Train the config's ``network_def`` on one fold and return the run's metadata.
+
+    Args:
+        config: a config file or an already loaded ``ConfigParser``.
+        fold: cross-validation fold (default: the config's ``fold``, else 0).
+        resume: continue from the run folder's ``checkpoints/last.pt``.
+        overrides: ``key=value`` strings applied to a config file.
+        nproc_per_node: spawn this many processes here (e.g. 2 CPU processes with ``gloo``); under
+            ``torchrun`` leave it ``None``: the processes already exist.
+        backend: ``gloo`` or ``nccl``; by default ``nccl`` on GPUs or ``gloo`` on CPUs when the
+            environment (``torchrun``) or ``nproc_per_node`` asks for several processes, else none.
+
+    Returns:
+        The content of ``metadata.json``.
+
+    Raises:
+        LungTumorError: bad config values, missing slice cache, or ``resume`` without a checkpoint.
+    """
+    parser = config if isinstance(config, ConfigParser) else load_config(config, overrides)
+    fold = fold if fold is not None else parser.get("fold", 0)
+    if not isinstance(fold, int) or isinstance(fold, bool):
+        raise LungTumorError(f"fold must be an integer, got {fold!r}")
+    parser["fold"] = fold
+    TrainingConfig.from_dict(parser.get("training"))  # fail early, before any process starts
+    run_dir = run_folder(parser, fold)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise LungTumorError("cannot resume: no checkpoints/last.pt in the run folder", run_dir)
+    if not resume and last.is_file():
+        raise LungTumorError("run folder already has a checkpoint; pass --resume or choose --set run_name=...", run_dir)
+    distributed = (nproc_per_node or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if backend is None and distributed:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
+        parallel.run(_train_process, parser.get(), resume)
+    return _read_json(run_dir / "metadata.json")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _build_callable(parser: ConfigParser, key: str) -> Any:
+    """A ``_mode_: callable`` section (optimizer, scheduler) as a factory, or None when absent."""
+    if parser.get(key) is None:
+        return None
+    try:
+        factory = parser.get_parsed_content(key, instantiate=True)
+    except Exception as err:
+        raise LungTumorError(f"{key}: cannot build it ({str(err).splitlines()[0]})") from None
+    if not callable(factory):
+        raise LungTumorError(f"{key}: expected a mapping with _target_ and '_mode_: callable'")
+    return factory
+
+
+class _RunState:
+    """What a resumed run needs beyond the engines: best metric so far, early-stopping counter, random state."""
+
+    def __init__(self, early_stop: EarlyStopHandler | None) -> None:
+        self.best_metric = -1.0
+        self.best_epoch = 0
+        self.best_per_case: dict[str, float] = {}
+        self.validated_iteration = -1
+        self.early_stop = early_stop
+        self.random = RandomState()
+
+    def state_dict(self) -> dict[str, Any]:
+        stopper = self.early_stop._handler if self.early_stop is not None else None
+        return {
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_per_case": dict(self.best_per_case),
+            "validated_iteration": self.validated_iteration,
+            "early_stop_counter": stopper.counter if stopper is not None else 0,
+            "early_stop_best": stopper.best_score if stopper is not None and stopper.best_score is not None else None,
+            "random": self.random.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_per_case = dict(state["best_per_case"])
+        self.validated_iteration = int(state["validated_iteration"])
+        stopper = self.early_stop._handler if self.early_stop is not None else None
+        if stopper is not None:
+            stopper.counter = int(state["early_stop_counter"])
+            stopper.best_score = state["early_stop_best"]
+        self.random.load_state_dict(state["random"])
+
+
+def _validation_case_order(cases: list[str], world_size: int) -> list[str]:
+    """The order in which MONAI's metric handlers gather per-case results from the ranks' shards."""
+    return [cases[i] for rank in range(world_size) for i in range(rank, len(cases), world_size)]
+
+
+def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> None:
+    """One training process (of ``idist.get_world_size()``)."""
+    rank, world_size, device = idist.get_rank(), idist.get_world_size(), idist.device()
+    writer_rank = rank == 0
+    parser = ConfigParser(content)
+    fold = parser["fold"]
+    settings = TrainingConfig.from_dict(parser.get("training"))
+    seed = int(parser.get("seed", 0))
+    # each rank augments differently; the sampler keeps their slices apart
+    set_determinism(seed=seed + rank)
+    context = context_slices(parser)
+    run_dir = run_folder(parser, fold)
+    checkpoint_dir = run_dir / "checkpoints"
+
+    data = parser.get("data") or {}
+    if "cache_dir" not in data:
+        raise LungTumorError("config has no data.cache_dir (the slice cache written by `lung-tumor preprocess`)")
+    cache = SliceCache(data["cache_dir"])
+    labelled = [case for case in cache.cases if cache.label(case) is not None]
+    manifest = load_manifest() if MANIFEST_PATH.is_file() else None
+    train_cases, val_cases = fold_split(labelled, fold, manifest)
+
+    augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size, seed=seed + rank)
+    train_ds = SliceDataset(cache, train_cases, context=context, transform=augmentation)
+    sampler_cfg = parser.get("sampler") or {"tumour_weight": 1.0}
+    weights = tumour_weights(
+        train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
+    )
+    samples_per_epoch = settings.samples_per_epoch or len(train_ds)
+    sampler = build_sampler(train_ds, weights, samples_per_epoch, world_size=world_size, rank=rank)
+    cuda = device.type == "cuda"
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=settings.batch_size,
+        sampler=sampler,
+        num_workers=settings.num_workers,
+        pin_memory=cuda,
+        persistent_workers=settings.num_workers > 0,
+    )
+    val_ds = VolumeDataset(cache, val_cases)
+    val_sampler = DistributedSampler(val_ds, even_divisible=False, shuffle=False) if world_size > 1 else None
+    val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=0)
+
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    num_parameters = sum(p.numel() for p in network.parameters())
+    network = idist.auto_model(network)
+    optimizer_factory = _build_callable(parser, "optimizer")
+    if optimizer_factory is None:
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    else:
+        optimizer = optimizer_factory(network.parameters())
+    optimizer = idist.auto_optim(optimizer)
+    scheduler_factory = _build_callable(parser, "scheduler")
+    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
+    amp = settings.amp and cuda
+
+    evaluator = SupervisedEvaluator(
+        device=device,
+        val_data_loader=val_loader,
+        network=network,
+        inferer=SliceStackInferer(context, settings.slices_per_batch),
+        postprocessing=Compose(
+            [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=settings.threshold)]
+        ),
+        key_val_metric={
+            # per case in 3D on binary masks; ignore_empty=False scores empty truth as 1 (empty prediction) or 0
+            KEY_METRIC: IgniteMetricHandler(
+                metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
+                output_transform=from_engine(["pred", "label"]),
+            )
+        },
+        additional_metrics={
+            f"val_{name}": ConfusionMatrix(
+                include_background=True,
+                metric_name=name,
+                compute_sample=True,
+                output_transform=from_engine(["pred", "label"]),
+            )
+            for name in ("precision", "recall")
+        },
+        amp=amp,
+    )
+    trainer = SupervisedTrainer(
+        device=device,
+        max_epochs=settings.epochs,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=build_loss(parser.get("loss")),
+        amp=amp,
+        decollate=False,
+    )
+    Average(output_transform=_loss_value).attach(trainer, "train_loss")
+
+    patience = (parser.get("early_stopping") or {}).get("patience")
+    early_stop = None
+    if patience:
+        early_stop = EarlyStopHandler(
+            patience=int(patience),
+            score_function=stopping_fn_from_metric(KEY_METRIC),
+            trainer=trainer,
+            min_delta=float((parser.get("early_stopping") or {}).get("min_delta", 0.0)),
+        )
+    run_state = _RunState(early_stop)
+    checkpoint_objects = {
+        "network": network.module if hasattr(network, "module") else network,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "trainer": trainer,
+        "run_state": run_state,
+    }
+    if resume:
+        CheckpointLoader(
+            load_path=str(checkpoint_dir / "last.pt"),
+            load_dict={k: v for k, v in checkpoint_objects.items() if v is not None},
+            map_location=device,
+        ).attach(trainer)
+
+    # training handlers, in the order they must run at each event
+    _attach_stop_conditions(trainer, settings)
+    if scheduler is not None:
+        LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _record_lr(engine: Any) -> None:
+        engine.state.metrics["lr"] = optimizer.param_groups[0]["lr"]
+
+    ValidationHandler(validator=evaluator, interval=settings.validation_interval, epoch_level=True).attach(trainer)
+
+    @evaluator.on(Events.STARTED)
+    def _note_validation(engine: Any) -> None:
+        run_state.validated_iteration = trainer.state.iteration
+
+    @trainer.on(Events.COMPLETED)
+    def _validate_where_stopped(engine: Any) -> None:
+        if run_state.validated_iteration != engine.state.iteration:
+            evaluator.run(engine.state.epoch)
+
+    val_cases_gathered = _validation_case_order(val_cases, world_size)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _track_best(engine: Any) -> None:
+        dice = float(engine.state.metrics[KEY_METRIC])
+        if dice > run_state.best_metric:
+            details = engine.state.metric_details[KEY_METRIC].flatten().tolist()
+            run_state.best_metric, run_state.best_epoch = dice, trainer.state.epoch
+            run_state.best_per_case = dict(zip(val_cases_gathered, details, strict=False))
+            if writer_rank:
+                save_checkpoint(checkpoint_dir / "best.pt", checkpoint_objects)
+
+    if early_stop is not None:
+        early_stop.attach(evaluator)
+
+    writer = None
+    if writer_rank:
+        StatsHandler(name=STATS_LOGGER, iteration_log=False, tag_name="train_loss").attach(trainer)
+        StatsHandler(
+            name=STATS_LOGGER, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
+        ).attach(evaluator)
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        TensorBoardStatsHandler(summary_writer=writer, iteration_log=False).attach(trainer)
+        TensorBoardStatsHandler(
+            summary_writer=writer, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
+        ).attach(evaluator)
+        _attach_tensorboard_images(evaluator, trainer, writer, settings.tensorboard_images)
+        ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"loss": _loss_value(output)})
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        @trainer.on(Events.COMPLETED)
+        def _save_last(engine: Any) -> None:
+            save_checkpoint(checkpoint_dir / "last.pt", checkpoint_objects)
+
+        save_config(parser, run_dir / "config.yaml")
+
+    metadata = {
+        "versions": {
+            "lung_tumor": lung_tumor.__version__,
+            "monai": monai.__version__,
+            "torch": torch.__version__,
+            "ignite": ignite.__version__,
+            "python": platform.python_version(),
+        },
+        "config_hash": config_hash(parser.get()),
+        "fold": fold,
+        "cache_dir": str(data["cache_dir"]),
+        "train_cases": train_cases,
+        "validation_cases": val_cases,
+        "train_slices": len(train_ds),
+        "tumour_slices": int(train_ds.tumour_flags.sum()),
+        "expected_tumour_fraction": float(weights[train_ds.tumour_flags].sum() / weights.sum()),
+        "samples_per_epoch": samples_per_epoch,
+        "parameters": num_parameters,
+        "network": parser.get("network_def", {}).get("_target_"),
+        "world_size": world_size,
+        "device": str(device),
+        "amp": amp,
+    }
+    started = time.monotonic()
+    if writer_rank:
+        write_json(run_dir / "metadata.json", {**metadata, "status": "running"})
+    log.info(
+        "training %s on fold %d: %d training cases (%d slices, %d with tumour), %d validation cases, %d parameters",
+        metadata["network"],
+        fold,
+        len(train_cases),
+        len(train_ds),
+        metadata["tumour_slices"],
+        len(val_cases),
+        num_parameters,
+    )
+    start_iteration = 0
+
+    @trainer.on(Events.STARTED)
+    def _note_start(engine: Any) -> None:
+        nonlocal start_iteration
+        start_iteration = engine.state.iteration
+
+    try:
+        trainer.run()
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer_rank:
+        steps = trainer.state.iteration - start_iteration
+        elapsed = time.monotonic() - started
+        epochs_run = steps / max(trainer.state.epoch_length or 1, 1)
+        metadata.update(
+            status="finished",
+            epochs=trainer.state.epoch,
+            iterations=trainer.state.iteration,
+            best_metric=run_state.best_metric,
+            best_metric_epoch=run_state.best_epoch,
+            best_per_case_dice=run_state.best_per_case,
+            seconds=round(elapsed, 1),
+            seconds_per_epoch=round(elapsed / epochs_run, 2) if epochs_run > 0 else None,
+        )
+        write_json(run_dir / "metadata.json", metadata)
+        log.info(
+            "best validation Dice %.4f at epoch %d; run folder %s", run_state.best_metric, run_state.best_epoch, run_dir
+        )
+    idist.barrier()
+
+
+def _loss_value(output: dict[str, Any]) -> float:
+    """The step's loss from the trainer's (not decollated) output."""
+    return float(output[CommonKeys.LOSS].detach())
+
+
+def _attach_stop_conditions(trainer: SupervisedTrainer, settings: TrainingConfig) -> None:
+    """Stop after ``max_iterations`` steps or ``max_minutes`` (rank 0's clock decides for every rank)."""
+    if settings.max_iterations is not None:
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _stop_at_iteration(engine: Any) -> None:
+            if engine.state.iteration >= settings.max_iterations:
+                log.info("stopping at iteration %d (training.max_iterations)", engine.state.iteration)
+                engine.terminate()
+
+    if settings.max_minutes is not None:
+        deadline = time.monotonic() + 60.0 * settings.max_minutes
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _stop_at_deadline(engine: Any) -> None:
+            over = torch.tensor(int(time.monotonic() > deadline))
+            if idist.get_world_size() > 1:
+                over = idist.broadcast(over, src=0)
+            if over.item():
+                log.info("stopping after %.1f minutes (training.max_minutes)", settings.max_minutes)
+                engine.terminate()
+
+
+def _attach_tensorboard_images(
+    evaluator: SupervisedEvaluator, trainer: SupervisedTrainer, writer: SummaryWriter, max_cases: int
+) -> None:
+    """Log (CT, truth, prediction) side by side for the first validation cases, at their largest tumour slice."""
+    if max_cases < 1:
+        return
+
+    @evaluator.on(Events.ITERATION_COMPLETED)
+    def _log_images(engine: Any) -> None:
+        if engine.state.iteration > max_cases:
+            return
+        item, output = engine.state.batch[0], engine.state.output[0]
+        label, pred = item["label"][0], output["pred"][0]  # (Z, H, W)
+        area = label.sum(dim=(1, 2)) if label.any() else pred.sum(dim=(1, 2))
+        z = int(area.argmax())
+        image = item["image"][0, z]
+        if image.ndim == 3:  # 2.5D input: the centre slice
+            image = image[image.shape[0] // 2]
+        grid = torch.cat([image.clamp(0, 1), label[z], pred[z]], dim=-1)[None].float().cpu()
+        writer.add_image(f"validation/{item['case']}", grid, trainer.state.epoch)

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lung_tumor.cache import SliceCache
+from lung_tumor.cli import main
+from lung_tumor.config import load_config
+from lung_tumor.errors import LungTumorError
+from lung_tumor.training.data import VolumeDataset
+from lung_tumor.training.losses import build_loss
+from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
+from lung_tumor.training.trainer import train_from_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SIZE = 32
+
+
+def write_tiny_cache(root: Path, cases: int = 10, depth: int = 8, seed: int = 0) -> Path:
+    """A slice cache in the documented format (docs/slice_cache.md): bright disks as tumours in noise."""
+    rng = np.random.default_rng(seed)
+    names = [f"lung_{i:03d}" for i in range(1, cases + 1)]
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    rows = []
+    for case in names:
+        image = rng.normal(0.3, 0.05, (depth, SIZE, SIZE))
+        label = np.zeros((depth, SIZE, SIZE), np.uint8)
+        cy, cx = rng.integers(9, SIZE - 9, 2)
+        for z in range(depth // 4, depth // 4 + depth // 2):
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+            label[z][disk], image[z][disk] = 1, 0.8
+        folder = root / "cases" / case
+        folder.mkdir(parents=True)
+        np.save(folder / "image.npy", image.clip(0, 1).astype(np.float16))
+        np.save(folder / "label.npy", label)
+        (folder / "meta.json").write_text(json.dumps({"case": case, "spacing": [1.0, 1.0, 1.0]}))
+        rows += [
+            {"case": case, "slice": z, "source_slice": z, "tumour_pixels": int(label[z].sum())} for z in range(depth)
+        ]
+    with open(root / "slices.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["case", "slice", "source_slice", "tumour_pixels"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "cache.json").write_text(json.dumps({"version": 1, "preprocess": {"image_size": SIZE}, "cases": names}))
+    return root
+
+
+def tiny_overrides(tmp_path: Path, cache: Path, **extra: object) -> list[str]:
+    """Overrides that shrink configs/demo.yaml to seconds on a CPU."""
+    settings = {
+        "data.cache_dir": str(cache),
+        "output_dir": str(tmp_path / "runs"),
+        "features": [4, 8, 16, 32],
+        "training.epochs": 2,
+        "training.batch_size": 4,
+        "training.samples_per_epoch": 16,
+        "training.num_workers": 0,
+        "training.max_minutes": None,
+        "training.validation_interval": 1,
+        **extra,
+    }
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return write_tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_demo_config_run_writes_tensorboard_and_reloadable_checkpoints(tmp_path, cache_dir):
+    metadata = train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=tiny_overrides(tmp_path, cache_dir))
+    run_dir = tmp_path / "runs" / "unet2d" / "fold_0"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metadata.json", "tensorboard"]
+    assert metadata["status"] == "finished" and metadata["iterations"] == 8 and metadata["epochs"] == 2
+    assert metadata["parameters"] == sum(p.numel() for p in load_trained_model(run_dir)[0].parameters())
+    assert set(metadata["validation_cases"]).isdisjoint(metadata["train_cases"])
+    assert {"torch", "monai", "ignite", "lung_tumor"} <= set(metadata["versions"])
+
+    events = _events(run_dir)
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_dice", "val_precision", "val_recall", "lr"} <= scalars
+    assert [e.step for e in events.Scalars("val_dice")] == [1, 2]
+    assert events.Tags()["images"] and all(tag.startswith("validation/") for tag in events.Tags()["images"])
+
+    # checkpoints hold state dicts and plain numbers only
+    for name in ("best", "last"):
+        state = torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert {"network", "optimizer", "trainer", "run_state"} <= set(state)
+    # the reloaded best network reproduces the per-case Dice recorded at its epoch
+    network, config = load_trained_model(run_dir, "best")
+    assert not network.training and context_slices(config) == 1
+    cache = SliceCache(cache_dir)
+    inferer = SliceStackInferer(context_slices(config))
+    for case, recorded in metadata["best_per_case_dice"].items():
+        item = VolumeDataset(cache, [case])[0]
+        with torch.no_grad():
+            first = inferer(item["image"][None], network)
+            again = inferer(item["image"][None], load_trained_model(run_dir, "best")[0])
+        torch.testing.assert_close(first, again, rtol=0, atol=0)
+        pred, truth = (first[0] > 0).float(), item["label"]
+        union = pred.sum() + truth.sum()
+        dice = 1.0 if union == 0 else float(2 * (pred * truth).sum() / union)
+        assert dice == pytest.approx(recorded, abs=1e-5)
+    # the saved config is plain YAML that load_config reads back, with the fold filled in
+    saved = load_config(run_dir / "config.yaml")
+    assert saved["fold"] == 0 and saved["features"] == [4, 8, 16, 32]
+
+
+def test_stop_after_iterations_then_resume_continues_at_that_iteration(tmp_path, cache_dir):
+    overrides = tiny_overrides(tmp_path, cache_dir, run_name="resumed")
+    first = train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=[*overrides, "training.max_iterations=6"])
+    run_dir = tmp_path / "runs" / "resumed" / "fold_1"
+    assert first["iterations"] == 6
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["trainer"]["iteration"] == 6
+    with pytest.raises(LungTumorError, match="--resume"):
+        train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=overrides)
+
+    resumed = train_from_config(CONFIGS / "demo.yaml", fold=1, resume=True, overrides=overrides)
+    assert resumed["iterations"] == 8 and resumed["epochs"] == 2
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 8
+    # epoch 1 was logged by the first run, epoch 2 after resuming
+    assert [e.step for e in _events(run_dir).Scalars("train_loss")] == [1, 2]
+
+
+def test_cli_errors_are_one_line(tmp_path, cache_dir, capsys):
+    config = ["--config", str(CONFIGS / "demo.yaml")]
+    sets = [a for o in tiny_overrides(tmp_path, cache_dir) for a in ("--set", o)]
+    assert main(["train", *config, *sets, "--resume"]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+    assert main(["train", *config, *sets, "--set", "training.batch_size=0"]) == 1
+    assert "training.batch_size" in capsys.readouterr().err
+    assert main(["train", *config, "--set", f"data.cache_dir={tmp_path / 'nowhere'}", "--set", "output_dir=x"]) == 1
+    assert "no slice cache" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_trained_model_errors(tmp_path):
+    with pytest.raises(LungTumorError, match="run folder not found"):
+        load_trained_model(tmp_path / "missing")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(LungTumorError, match="config file not found"):
+        load_trained_model(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"network_def": {"_target_": "torch.nn.Identity"}}))
+    with pytest.raises(LungTumorError, match="no best checkpoint"):
+        load_trained_model(tmp_path / "run")
+
+
+@pytest.mark.parametrize("overlay", sorted(p.stem for p in (CONFIGS / "networks").glob("*.yaml")) + ["unet2d"])
+def test_each_network_overlay_instantiates_and_trains_one_step(overlay):
+    config = load_config(CONFIGS / "demo.yaml", overrides=["features=[4,8,16,32]"])
+    if overlay != "unet2d":
+        config["network_def"] = yaml.safe_load((CONFIGS / "networks" / f"{overlay}.yaml").read_text())["network_def"]
+    network = config.get_parsed_content("network_def")
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    image = torch.rand(2, 2 * context_slices(config) + 1, 32, 32)
+    label = (torch.rand(2, 1, 32, 32) > 0.8).float()
+    before = [p.detach().clone() for p in network.parameters()]
+    loss = build_loss(config["loss"])(network(image), label)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, network.parameters(), strict=True))
