@@ -106,6 +106,14 @@ def damage_normalised(root: Path, write: Callable) -> str:
     return IMAGE
 
 
+def damage_nan(root: Path, write: Callable) -> str:
+    image, affine = load(root, IMAGE)
+    image = image.astype(np.float32)
+    image[5, 5, 5] = np.nan
+    write(root / IMAGE, image, affine)
+    return IMAGE
+
+
 def damage_2d(root: Path, write: Callable) -> str:
     image, affine = load(root, IMAGE)
     write(root / IMAGE, np.ascontiguousarray(image[:, :, 10]), affine)
@@ -128,6 +136,7 @@ def damage_4d(root: Path, write: Callable) -> str:
         (damage_shape, "label shape"),
         (damage_affine, "label affine differs"),
         (damage_normalised, "not CT in HU"),
+        (damage_nan, "NaN"),
         (damage_2d, "image is 2D"),
         (damage_4d, "image is 4D"),
     ],
@@ -244,3 +253,11 @@ def test_gzip_of_garbage_is_reported(run_verify: Callable, dataset: Path) -> Non
     (dataset / IMAGE).write_bytes(gzip.compress(b"not a nifti header" * 40))
     status, _, err = run_verify(dataset)
     assert status == 1 and f"{dataset / IMAGE}: cannot be read" in err
+
+
+def test_unreadable_manifest_is_a_one_line_error(run_verify: Callable, dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{")
+    status, _, err = run_verify(dataset, "--manifest", str(tmp_path / "manifest.json"))
+    assert status == 1 and err.startswith(
+        f"lung-tumor: error: {tmp_path / 'manifest.json'}: manifest is not valid JSON"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ def image_problems(info: VolumeInfo) -> list[str]:
     problems = []
     if len(info.shape) != 3:
         problems.append(f"image is {len(info.shape)}D {info.shape}, expected a 3D volume")
-    if info.minimum < HU_FLOOR or info.maximum > HU_CEILING:
+    if not (np.isfinite(info.minimum) and np.isfinite(info.maximum)):
+        problems.append("intensities contain NaN or infinite values")
+    elif info.minimum < HU_FLOOR or info.maximum > HU_CEILING:
         problems.append(
             f"intensities {info.minimum:g}..{info.maximum:g} outside [{HU_FLOOR}, {HU_CEILING}]: not CT in HU"
         )
@@ -215,10 +218,14 @@ def verify_dataset(root: str | Path, checksums: bool = False, manifest_path: str
         The number of problems found (0: the dataset is usable).
 
     Raises:
-        LungTumorError: the manifest cannot be read.
+        LungTumorError: the manifest is missing or not JSON.
     """
     root = Path(root)
-    manifest = load_manifest(manifest_path if manifest_path is not None else MANIFEST_PATH)
+    manifest_path = Path(manifest_path if manifest_path is not None else MANIFEST_PATH)
+    try:
+        manifest = load_manifest(manifest_path)
+    except json.JSONDecodeError as err:
+        raise LungTumorError(f"manifest is not valid JSON ({err})", manifest_path) from None
     report = _Report(root)
     rows: list[_Row] = []
     try:
