@@ -178,11 +178,10 @@ class _Volume:
 class _Anatomy:
     """Per-case anatomical parameters in mm (centred in-plane frame: +X patient left, +Y posterior)."""
 
-    rng: np.random.Generator
     geometry: _Geometry
     shape: tuple[int, int, int]
     spacing: np.ndarray
-    centre: np.ndarray  # grid mm of the body centre (in-plane) ; z unused
+    centre: np.ndarray  # grid mm of the body centre in-plane (z unused)
     half_width: float
     half_depth: float
     z_diaphragm: float
@@ -228,7 +227,7 @@ def _draw_anatomy(rng: np.random.Generator, geometry: _Geometry) -> _Anatomy:
         "noise": rng.uniform(10, 40),
         "blur": rng.uniform(0.5, 0.8),
     }
-    return _Anatomy(rng, geometry, shape, spacing, centre, half_width, half_depth, z_diaphragm, lung_height, values)
+    return _Anatomy(geometry, shape, spacing, centre, half_width, half_depth, z_diaphragm, lung_height, values)
 
 
 def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None:
@@ -391,8 +390,8 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
         vol.lung[:, :, k0:k1] = lung.reshape(nx, ny, -1)
 
 
-def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> int:
-    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees; returns segment count."""
+def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None:
+    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees."""
     b = anat.half_depth
     v = anat.values
 
@@ -422,7 +421,6 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
         vol.lung[index] &= ~inside
         vol.hu[index][inside] = v["blood"]
 
-    segments = 0
     for side, hilum in hila:
         bronchi = _branching_tree(rng, vol, hilum, side, radius=4.0, min_radius=2.0, max_segments=12, roots=4)
         for start, end, r0, r1 in bronchi:
@@ -441,8 +439,6 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
             index, inside = vol.tube(start, end, r0, r1)
             inside &= vol.lung[index]
             vol.hu[index][inside] = v["blood"] + rng.uniform(-15, 15)
-        segments += len(bronchi) + len(vessels)
-    return segments
 
 
 def _branching_tree(
