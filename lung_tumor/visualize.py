@@ -62,12 +62,12 @@ class _DisplayVolume:
 
     @property
     def tumour(self) -> np.ndarray:
-        """Union of the masks (what the slice choice follows)."""
-        union = np.zeros(self.image.shape, dtype=bool)
-        for mask in self.masks.values():
-            if mask is not None:
-                union |= mask
-        return union
+        """What the slice choice and the zoom follow: the ground truth when it has tumour, else the prediction."""
+        truth = self.masks.get("truth")
+        if truth is not None and truth.any():
+            return truth
+        prediction = self.masks.get("prediction")
+        return np.zeros(self.image.shape, dtype=bool) if prediction is None else prediction
 
     def slice_label(self, k: int) -> str:
         """Slice number in the original file's voxel order and its world z in mm."""
@@ -165,7 +165,8 @@ def overlay_figure(
         prediction: predicted mask on the same grid, or ``None``.
         path: the PNG to write (1500 x 600 pixels).
         title: shown above the panels (e.g. the case id).
-        slices: how many slices (largest tumour area first, shown in cranio-caudal order).
+        slices: how many slices (largest tumour area first, shown superior first); the area is the ground
+            truth's, or the prediction's when the ground truth is empty or absent.
 
     Returns:
         The written path.
@@ -210,6 +211,8 @@ def montage_figure(
 ) -> Path | None:
     """Up to 12 evenly spaced axial slices across the tumour's extent, zoomed on the tumour.
 
+    The tumour is the ground truth's, or the prediction's when the ground truth is empty or absent.
+
     Returns:
         The written path (1600 pixels wide, 420 pixels per row of 4 slices plus 90 for the titles), or
         ``None`` when neither mask has any tumour.
@@ -237,7 +240,7 @@ def montage_figure(
         fontsize=12,
     )
     _legend(figure, volume)
-    figure.subplots_adjust(left=0.04, right=0.99, top=1 - 0.45 / height, bottom=0.45 / height, wspace=0.25, hspace=0.3)
+    figure.subplots_adjust(left=0.04, right=0.99, top=1 - 0.7 / height, bottom=0.4 / height, wspace=0.25, hspace=0.3)
     return save_figure(figure, path)
 
 
