@@ -297,6 +297,8 @@ def summarize_cases(
         if slices
         else None
     )
+    summary["both_empty_dice"] = both_empty_dice
+    summary["surface_dice_tolerance_mm"] = tolerance_mm
     summary["conventions"] = {
         "both_empty": both_empty_convention(both_empty_dice),
         "undefined_metrics": "None with a reason per case; per-case means and medians use only defined cases (_n)",
@@ -304,7 +306,8 @@ def summarize_cases(
         "hd95_mm": "95th percentile symmetric Hausdorff distance between mask surfaces, in mm (MONAI)",
         "surface_dice": f"normalised surface Dice at a tolerance of {tolerance_mm} mm (MONAI)",
         "lesions": f"{LESION_CONNECTIVITY}-connected components; a predicted lesion is a true positive when it "
-        "overlaps a true lesion; a true lesion is detected when any predicted lesion overlaps it",
+        "overlaps a true lesion; a true lesion is detected when any predicted lesion overlaps it (so one "
+        "predicted blob covering several true lesions detects them all: read with dice and volume error)",
         "soft_dice_slice_averaged_naive": "the original recipe's figure: per-axial-slice soft Dice averaged "
         "over all slices, empty slices scoring about 0; NOT comparable with the 3D per-case Dice",
     }
