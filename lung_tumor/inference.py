@@ -124,11 +124,12 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, volume: torch.Tensor) -> torch.Tensor:
-        """Tumour probabilities of a preprocessed (1, H, W, Z) volume, same shape."""
+        """Tumour probabilities of a preprocessed (1, X, Y, Z) volume, same shape."""
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-        stack = stack.permute(0, 3, 1, 2)[None].to(self.device, torch.float32)  # (1, 1, Z, H, W)
-        logits = self.inferer(stack, self.network)  # (1, 1, Z, H, W)
-        return torch.sigmoid(logits[0]).permute(0, 2, 3, 1).cpu()  # (1, H, W, Z)
+        # slices as the slice cache stores them for training: (Z, Y, X)
+        stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
+        logits = self.inferer(stack, self.network)  # (1, 1, Z, Y, X)
+        return torch.sigmoid(logits[0]).permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Segment one NIfTI file or DICOM series folder.

@@ -15,7 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -65,34 +65,47 @@ def is_finished(case_dir: Path, key: str) -> bool:
         return False
 
 
+def load_case(case: Case) -> dict[str, Any]:
+    """Load a case's image and label (decoded in parallel: gzip releases the GIL) and check that they match."""
+    with ThreadPoolExecutor(2) as pool:
+        image = pool.submit(load_volume, case.image, "image")
+        label = None if case.label is None else pool.submit(load_volume, case.label, "label")
+        data = {"image": image.result()}
+        if label is not None:
+            data["label"] = label.result()
+            check_label(data["image"], data["label"], case.label)
+    return data
+
+
+def slice_major(volume: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A (1, X, Y, Z) volume as a C-contiguous (Z, Y, X) array: one axial slice per contiguous block.
+
+    (Z, Y, X) is the memory order the chain keeps from NIfTI files, so this is usually no transposing copy.
+    """
+    return volume[0].permute(2, 1, 0).to(dtype).contiguous().numpy()
+
+
 def preprocess_case(case: Case, cfg: PreprocessConfig, case_dir: Path, key: str) -> dict[str, Any]:
     """Preprocess one case into ``case_dir`` and return its metadata.
 
     Raises:
         LungTumorError: an input file is missing, unreadable, of the wrong shape or has bad label values.
     """
-    image = load_volume(case.image, "image")
-    data: dict[str, Any] = {"image": image}
-    keys: tuple[str, ...] = ("image",)
-    if case.label is not None:
-        label = load_volume(case.label, "label")
-        check_label(image, label, case.label)
-        data["label"] = label
-        keys = ("image", "label")
-    original_shape = [int(s) for s in image.shape[1:]]
-    original_affine = image.affine.numpy().tolist()
-    out = apply_transforms(preprocess_transforms(cfg, keys=keys, crop=True), data)
+    data = load_case(case)
+    original_shape = [int(s) for s in data["image"].shape[1:]]
+    original_affine = data["image"].affine.numpy()
+    keys = tuple(data)
+    out = apply_transforms(preprocess_transforms(cfg, keys=keys, crop=True), data)  # consumes ``data``
 
     volume = out["image"]
-    slice_axis = int(np.argmax(np.abs(image.affine.numpy()[2, :3])))  # the voxel axis closest to world z
+    slice_axis = int(np.argmax(np.abs(original_affine[2, :3])))  # the voxel axis closest to world z
     crop_start = original_shape[slice_axis] - int(volume.shape[3])
-    # Slice-major storage: one axial slice is one contiguous block of the memory-mapped file.
-    image_zhw = np.ascontiguousarray(volume[0].numpy().transpose(2, 0, 1)).astype(np.float16)
+    image_zhw = slice_major(volume, torch.float16)
     (case_dir / "meta.json").unlink(missing_ok=True)
     write_npy(case_dir / "image.npy", image_zhw)
     tumour_pixels = np.zeros(image_zhw.shape[0], dtype=np.int64)
     if "label" in out:
-        label_zhw = np.ascontiguousarray(out["label"][0].numpy().transpose(2, 0, 1) > 0.5).astype(np.uint8)
+        label_zhw = slice_major(out["label"], torch.uint8)  # nearest-neighbour resampling kept it 0/1
         write_npy(case_dir / "label.npy", label_zhw)
         tumour_pixels = label_zhw.reshape(label_zhw.shape[0], -1).sum(axis=1)
     affine = volume.affine.numpy()
@@ -102,7 +115,7 @@ def preprocess_case(case: Case, cfg: PreprocessConfig, case_dir: Path, key: str)
         "source_image": str(case.image),
         "source_label": None if case.label is None else str(case.label),
         "original_shape": original_shape,
-        "original_affine": original_affine,
+        "original_affine": original_affine.tolist(),
         "crop_start": crop_start,
         "num_slices": int(image_zhw.shape[0]),
         "shape_zhw": list(image_zhw.shape),

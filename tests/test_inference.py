@@ -197,7 +197,7 @@ def write_bad(kind: str, tmp_path: Path) -> Path:
         ("truncated", "cannot read image"),
         ("corrupt", "cannot read image"),
         ("2d", "image must be a single 3D volume"),
-        ("4d", "image must be a single 3D volume, got 3 volumes of shape (32, 32, 8)"),
+        ("4d", "image must be a single 3D volume, got shape (32, 32, 8, 3)"),
     ],
 )
 def test_bad_input_is_one_line_error_and_no_file(

@@ -10,7 +10,7 @@ from monai.transforms import Cropd, MapTransform
 from monai.transforms.inverse import InvertibleTransform
 from monai.utils import ensure_tuple_rep
 
-from lung_tumor.transforms.array import CropFromSlice, ResampleInPlane
+from lung_tumor.transforms.array import CropFromSlice, ResampleInPlane, WindowIntensity
 
 
 class CropFromSliced(Cropd):
@@ -66,4 +66,28 @@ class ResampleInPlaned(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.resamplers[key].inverse(d[key])
+        return d
+
+
+class WindowIntensityd(MapTransform):
+    """Dictionary version of :class:`~lung_tumor.transforms.array.WindowIntensity`.
+
+    Args:
+        keys: keys of the images to scale.
+        low: intensity mapped to 0.
+        high: intensity mapped to 1.
+        clip: clip the result to [0, 1].
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, low: float, high: float, clip: bool = True, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.window = WindowIntensity(low, high, clip)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.window(d[key])
         return d
