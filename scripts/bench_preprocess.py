@@ -158,7 +158,7 @@ def main() -> None:
     volume_reads = run_child("volume_reads", args.work)["slices_per_s"]
     decode = rows["decode"]["seconds"]
     print(f"volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} int16 (float32 size {float32_mb:.0f} MB), image + label")
-    print("| step | seconds (median of %d) | x decode | peak MB above start | x float32 size |" % args.repeats)
+    print(f"| step | seconds (median of {args.repeats}) | x decode | peak MB above start | x float32 size |")
     print("|---|---|---|---|---|")
     names = {
         "decode": "decode .nii.gz only (nibabel)",
