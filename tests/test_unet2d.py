@@ -41,7 +41,17 @@ def test_gradients_reach_every_parameter():
         assert param.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("kwargs", [{"spatial_dims": 3}, {"features": (4, 8, 16)}, {"in_channels": 0}])
+def test_prior_probability_sets_the_initial_output():
+    torch.manual_seed(0)
+    net = UNet2D(features=SMALL, prior_probability=0.01)
+    with torch.no_grad():
+        probability = torch.sigmoid(net(torch.rand(2, 1, 32, 32))).mean()
+    assert abs(float(probability) - 0.01) < 0.01
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"spatial_dims": 3}, {"features": (4, 8, 16)}, {"in_channels": 0}, {"prior_probability": 1.0}]
+)
 def test_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         UNet2D(**kwargs)

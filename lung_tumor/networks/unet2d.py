@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,9 @@ class UNet2D(nn.Module):
         norm: normalisation type and arguments, or ``None`` for none.
         dropout: dropout ratio after each convolution.
         bias: whether the convolutions have a bias term.
+        prior_probability: initial foreground probability of the output (the final bias starts at
+            ``log(p / (1 - p))``, as in RetinaNet), so training does not spend its first hundreds of steps
+            learning that tumour pixels are rare; ``None`` keeps PyTorch's default initialisation.
 
     Examples::
 
@@ -45,6 +49,7 @@ class UNet2D(nn.Module):
         norm: str | tuple | None = ("batch", {"affine": True}),
         dropout: float = 0.0,
         bias: bool = True,
+        prior_probability: float | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -52,6 +57,8 @@ class UNet2D(nn.Module):
         features = tuple(int(f) for f in features)
         if len(features) != 4 or min(features) < 1:
             raise ValueError(f"features must be four positive widths, got {features}")
+        if prior_probability is not None and not 0 < prior_probability < 1:
+            raise ValueError(f"prior_probability must be in (0, 1), got {prior_probability}")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         f0, f1, f2, f3 = features
@@ -64,6 +71,8 @@ class UNet2D(nn.Module):
         self.upcat_2 = UpCat(2, f2, f1, f1, act, norm, bias, dropout)
         self.upcat_1 = UpCat(2, f1, f0, f0, act, norm, bias, dropout)
         self.final_conv = Conv["conv", 2](f0, out_channels, kernel_size=1)
+        if prior_probability is not None:
+            nn.init.constant_(self.final_conv.bias, math.log(prior_probability / (1 - prior_probability)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, in_channels, H, W) to raw logits (B, out_channels, H, W); apply a sigmoid for probabilities."""
