@@ -14,6 +14,7 @@ from lung_tumor.cache import SliceCache
 from lung_tumor.cli import main
 from lung_tumor.config import load_config
 from lung_tumor.errors import LungTumorError
+from lung_tumor.training.compare import compare_networks
 from lung_tumor.training.data import VolumeDataset
 from lung_tumor.training.losses import build_loss
 from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
@@ -175,3 +176,22 @@ def test_each_network_overlay_instantiates_and_trains_one_step(overlay):
     optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, network.parameters(), strict=True))
+
+
+def test_compare_trains_each_network_on_the_same_fold_and_writes_the_table(tmp_path, cache_dir):
+    overrides = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 1})
+    rows = compare_networks(CONFIGS / "demo.yaml", fold=0, networks=["unet2d", "unet"], overrides=overrides)
+    assert [r["network"] for r in rows] == ["unet2d", "unet"]
+    compare_dir = tmp_path / "runs" / "compare"
+    with open(compare_dir / "fold_0.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["network"] for r in table] == ["unet2d", "unet"]
+    assert json.loads((compare_dir / "fold_0.json").read_text())["networks"] == rows
+    cases = [json.loads((compare_dir / n / "fold_0" / "metadata.json").read_text()) for n in ("unet2d", "unet")]
+    assert cases[0]["validation_cases"] == cases[1]["validation_cases"]
+    assert cases[0]["network"] != cases[1]["network"] and rows[0]["parameters"] != rows[1]["parameters"]
+    # finished runs are reused, not retrained
+    again = compare_networks(CONFIGS / "demo.yaml", fold=0, networks=["unet2d", "unet"], overrides=overrides)
+    assert again == rows
+    with pytest.raises(LungTumorError, match="no network overlay"):
+        compare_networks(CONFIGS / "demo.yaml", fold=0, networks=["resnet9000"], overrides=overrides)
