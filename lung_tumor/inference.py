@@ -23,7 +23,7 @@ from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import atomic_path
-from lung_tumor.report import lung_mask, tumour_report, write_report
+from lung_tumor.report import label_in_bounding_box, lung_mask_near, tumour_report, write_report
 from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
 
@@ -55,9 +55,11 @@ class Prediction:
 
 def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
     """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres."""
-    if min_mm3 <= 0 or not mask.any():
+    if min_mm3 <= 0:
         return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, count = label_in_bounding_box(mask)
+    if not count:
+        return mask
     sizes_mm3 = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
     keep = np.zeros(count + 1, dtype=bool)
     keep[1:] = sizes_mm3 >= min_mm3
@@ -65,16 +67,23 @@ def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: 
 
 
 def keep_near_lungs(mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Keep the lesions that overlap the lungs grown by :data:`LUNG_MARGIN_MM` (a HU-based lung mask)."""
-    if not mask.any():
-        return mask
-    lungs = lung_mask(image_hu, affine)
+    """Keep the lesions that lie within :data:`LUNG_MARGIN_MM` of the lungs (a HU-based lung mask)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    distance_mm = ndimage.distance_transform_edt(~lungs, sampling=spacing) if lungs.any() else None
-    near = lungs if distance_mm is None else distance_mm <= LUNG_MARGIN_MM
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    touching = np.unique(labels[near & (labels > 0)])
-    return np.isin(labels, touching[touching > 0]).astype(mask.dtype)
+    margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
+    labels, count = label_in_bounding_box(mask)
+    if not count:
+        return mask
+    lungs = lung_mask_near(mask, image_hu, affine, max(margin))
+    keep = np.zeros(count + 1, dtype=bool)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        grown = tuple(
+            slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, mask.shape, strict=True)
+        )
+        near_lung = lungs[grown]
+        if near_lung.any():
+            distance_mm = ndimage.distance_transform_edt(~near_lung, sampling=spacing)
+            keep[index] = bool((distance_mm[labels[grown] == index] <= LUNG_MARGIN_MM).any())
+    return keep[labels].astype(mask.dtype)
 
 
 class Predictor:
@@ -146,7 +155,7 @@ class Predictor:
         probability = volume.clone()
         probability.set_array(self.probabilities(volume))
         restored = transforms.inverse({"image": probability})["image"]
-        probability_map = restored[0].numpy().astype(np.float32)
+        probability_map = np.asarray(restored[0].numpy(), dtype=np.float32)
         if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
             raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
