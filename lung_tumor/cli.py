@@ -58,6 +58,7 @@ def _predict(args: argparse.Namespace) -> None:
         min_lesion_mm3=args.min_lesion_mm3,
         lung_mask=args.lung_mask,
         save_probabilities=args.probabilities,
+        report=not args.no_report,
     )
 
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-mm3", type=float, default=0.0, help="drop components smaller than this")
     p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
     p.add_argument("--probabilities", action="store_true", help="also write the probability map")
+    p.add_argument("--no-report", action="store_true", help="skip the tumour spread report")
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")

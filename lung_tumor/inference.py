@@ -217,8 +217,19 @@ def predict(
     min_lesion_mm3: float = 0.0,
     lung_mask: bool = False,
     save_probabilities: bool = False,
+    report: bool = True,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
+
+    Args:
+        run: the training run folder.
+        input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
+        output: mask file or folder (default: ``RUN/predictions/``).
+        threshold: probability above which a voxel is tumour.
+        min_lesion_mm3: remove predicted lesions smaller than this.
+        lung_mask: keep only lesions in or within 10 mm of the lungs.
+        save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
+        report: write the tumour spread report (``CASE_report.json`` and ``.txt``).
 
     Returns:
         For each input, the paths written.
@@ -234,16 +245,20 @@ def predict(
             save_nifti(result.probability, result.affine, paths["probability"])
         else:
             paths.pop("probability")
-        report = tumour_report(result.mask, result.affine, result.image_hu)
-        report["source"] = str(source)
-        write_report(report, paths["report_json"], paths["report_text"])
-        log.info(
-            "%s: %d lesion(s), %.2f ml -> %s",
-            source.name,
-            report["lesion_count"],
-            report["total_volume_ml"],
-            paths["mask"],
-        )
+        if report:
+            spread = tumour_report(result.mask, result.affine, result.image_hu)
+            spread["source"] = str(source)
+            write_report(spread, paths["report_json"], paths["report_text"])
+            log.info(
+                "%s: %d lesion(s), %.2f ml -> %s",
+                source.name,
+                spread["lesion_count"],
+                spread["total_volume_ml"],
+                paths["mask"],
+            )
+        else:
+            paths.pop("report_json")
+            paths.pop("report_text")
         written.append(paths)
     return written
 
