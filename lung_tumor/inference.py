@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from scipy import ndimage
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
-from lung_tumor.io import atomic_path
+from lung_tumor.io import save_nifti
 from lung_tumor.report import label_in_bounding_box, lung_mask_near, tumour_report, write_report
 from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
@@ -197,16 +196,6 @@ def output_paths(source: Path, output: Path | None, run_dir: Path, many: bool) -
         "report_json": folder / f"{case}_report.json",
         "report_text": folder / f"{case}_report.txt",
     }
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    """Write a NIfTI atomically, with the given affine as both qform and sform."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
-    return path
 
 
 def predict(

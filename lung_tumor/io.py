@@ -51,3 +51,16 @@ def write_json(path: str | Path, content: Any) -> Path:
 def write_npy(path: str | Path, array: np.ndarray) -> Path:
     """Write a ``.npy`` file atomically."""
     return write_atomic(path, lambda f: np.save(f, array), mode="wb")
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return Path(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lung_tumor.errors import LungTumorError
+from lung_tumor.io import write_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -86,7 +87,7 @@ def list_cases(root: str | Path, split: str = "training") -> list[Case]:
 
 
 def write_dataset_json(root: str | Path, training_ids: list[str], test_ids: list[str], **fields: Any) -> Path:
-    """Write an MSD-style ``dataset.json`` for the given case ids (used by the synthetic generator)."""
+    """Write an MSD-style ``dataset.json`` for the given case ids, atomically (used by the synthetic generator)."""
     root = Path(root)
     content: dict[str, Any] = {
         "name": "Lung",
@@ -100,6 +101,4 @@ def write_dataset_json(root: str | Path, training_ids: list[str], test_ids: list
         "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in training_ids],
         "test": [f"./imagesTs/{i}.nii.gz" for i in test_ids],
     }
-    path = root / "dataset.json"
-    path.write_text(json.dumps(content, indent=1) + "\n")
-    return path
+    return write_json(root / "dataset.json", content)

@@ -23,24 +23,20 @@ slice 0 is the lowest (abdominal) slice. A case depends only on ``(seed, case nu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.errors import LungTumorError
+from lung_tumor.io import save_nifti, write_json
 
 log = logging.getLogger(__name__)
 
@@ -625,35 +621,6 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
     return SyntheticCase(f"lung_{case_index:03d}", image, vol.label, affine, tumours, anat.values["noise"])
 
 
-def _temporary_beside(path: Path) -> Path:
-    """A temporary name in the same folder (same file system, so ``os.replace`` is atomic), same suffix."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file beside ``path`` then rename it, so ``path`` is never half written."""
-    tmp = _temporary_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI with qform and sform (code 1, scanner) set to ``affine``, atomically."""
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    _replace_atomically(path, lambda tmp: nib.save(image, tmp))
-
-
-def _save_json(content: dict[str, Any], path: Path) -> None:
-    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1) + "\n"))
-
-
 def _check_output_folder(out: Path) -> None:
     """Refuse to write into a file or into a folder holding anything but an MSD dataset (or an interrupted one)."""
     if out.exists() and not out.is_dir():
@@ -701,9 +668,9 @@ def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: i
         case = synthesize_case(index, seed, size)
         training = index <= cases
         folder = "imagesTr" if training else "imagesTs"
-        _save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz")
+        save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz")
         if training:
-            _save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz")
+            save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz")
             training_ids.append(case.case_id)
         else:
             test_ids.append(case.case_id)
@@ -717,9 +684,8 @@ def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: i
         }
 
     note = f"lung_tumor synth, size {size}, seed {seed}; ground truth in {TRUTH_FILE}"
-    with tempfile.TemporaryDirectory(dir=out) as staging:  # write_dataset_json writes in place: stage it
-        os.replace(write_dataset_json(staging, training_ids, test_ids, synthetic=note), out / "dataset.json")
-    _save_json(truth, out / TRUTH_FILE)
+    write_dataset_json(out, training_ids, test_ids, synthetic=note)
+    write_json(out / TRUTH_FILE, truth)
     log.info(
         "wrote %d training + %d test %s synthetic cases (%d tumours) to %s in %.1f s",
         cases,
