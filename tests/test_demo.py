@@ -1,0 +1,35 @@
+"""The README's main command end to end: synth, preprocess, train, evaluate, predict and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lung_tumor.data.manifest import fold_split
+from lung_tumor.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    summary = run_demo(tmp_path, minutes=0.5)
+    ids = [f"lung_{i:03d}" for i in range(1, 17)]
+    assert summary["case_ids"] == fold_split(ids, 0)[1]  # the held-out cases of fold 0
+    evaluation = tmp_path / "runs" / "unet2d" / "fold_0" / "evaluation"
+    written = json.loads((evaluation / "summary.json").read_text())
+    assert not {"lung_008", "lung_016"} & set(summary["case_ids"])  # the tumour-free cases are in other folds
+    assert written["dice_per_case_n"] == len(summary["case_ids"])  # so Dice is defined for every case
+    assert 0.0 <= written["dice_pooled"] <= 1.0
+    assert len((evaluation / "per_case.csv").read_text().splitlines()) == 1 + len(summary["case_ids"])
+    assert len(list((evaluation / "pictures").glob("*.png"))) >= len(summary["case_ids"])
+    for paths in summary["predictions"]:
+        source = tmp_path / "data" / "imagesTs" / paths["mask"].name
+        mask, image = nib.load(paths["mask"]), nib.load(source)
+        assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
+        assert "total tumour volume" in paths["report_text"].read_text()
+    printed = capsys.readouterr().out
+    assert "lung-tumor demo finished" in printed and "Dice per case, mean" in printed
