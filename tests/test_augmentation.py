@@ -6,7 +6,14 @@ import pytest
 from lung_tumor.errors import LungTumorError
 from lung_tumor.training.data import build_augmentation
 
-STRONG = {"affine_prob": 1.0, "rotate_deg": 45, "scale": [0.85, 1.15], "translate_fraction": 0.1, "elastic_prob": 1.0}
+STRONG = {
+    "affine_prob": 1.0,
+    "rotate_deg": 45,
+    "scale": [0.85, 1.15],
+    "translate_fraction": 0.1,
+    "flip_prob": 0.5,
+    "elastic_prob": 1.0,
+}
 
 
 def _disk_item(size: int = 64) -> dict:

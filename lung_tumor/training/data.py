@@ -14,6 +14,7 @@ from monai.transforms import (
     EnsureTyped,
     Rand2DElasticd,
     RandAffined,
+    RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -30,6 +31,7 @@ AUGMENTATION_DEFAULTS: dict[str, Any] = {
     "rotate_deg": 45.0,
     "scale": [0.85, 1.15],
     "translate_fraction": 0.1,
+    "flip_prob": 0.0,
     "elastic_prob": 0.3,
     "elastic_spacing": 32,
     "elastic_magnitude": [1.0, 3.0],
@@ -54,9 +56,9 @@ def _check_prob(name: str, value: Any) -> float:
 def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: int | None = None) -> Compose:
     """MONAI dictionary transforms that augment ``image`` and ``label`` with one draw per sample.
 
-    Geometry (``RandAffined``: rotation, scale, translation; ``Rand2DElasticd``) moves image and label
-    together, bilinear for the image and nearest for the label, so the label stays binary. Intensity
-    augmentation (scale, shift, noise) touches the image only.
+    Geometry (``RandAffined``: rotation, scale, translation; ``RandFlipd``: left-right; ``Rand2DElasticd``)
+    moves image and label together, bilinear for the image and nearest for the label, so the label stays
+    binary. Intensity augmentation (scale, shift, noise) touches the image only.
 
     Args:
         section: the config's ``augmentation`` mapping (keys of ``AUGMENTATION_DEFAULTS``); ``None`` for defaults.
@@ -73,6 +75,7 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
     transforms: list = [EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False)]
     if cfg["enabled"]:
         affine_prob = _check_prob("affine_prob", cfg["affine_prob"])
+        flip_prob = _check_prob("flip_prob", cfg["flip_prob"])
         elastic_prob = _check_prob("elastic_prob", cfg["elastic_prob"])
         intensity_prob = _check_prob("intensity_prob", cfg["intensity_prob"])
         scale_lo, scale_hi = _check_range("scale", cfg["scale"], 0.1, 10.0)
@@ -97,6 +100,9 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
                 padding_mode="zeros",
             )
         )
+        if flip_prob > 0:
+            # the first spatial axis of a cached slice is the patient's left-right axis
+            transforms.append(RandFlipd(keys=KEYS, prob=flip_prob, spatial_axis=0))
         if elastic_prob > 0:
             transforms.append(
                 Rand2DElasticd(

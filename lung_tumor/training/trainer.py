@@ -163,12 +163,20 @@ def train_from_config(
         raise LungTumorError("cannot resume: no checkpoints/last.pt in the run folder", run_dir)
     if not resume and last.is_file():
         raise LungTumorError("run folder already has a checkpoint; pass --resume or choose --set run_name=...", run_dir)
+    SliceCache(_cache_dir(parser))  # a missing cache is reported here, before any process starts
     distributed = (nproc_per_node or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if backend is None and distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
         parallel.run(_train_process, parser.get(), resume)
     return _read_json(run_dir / "metadata.json")
+
+
+def _cache_dir(parser: ConfigParser) -> Path:
+    """The config's ``data.cache_dir`` (the slice cache written by ``lung-tumor preprocess``)."""
+    if "cache_dir" not in (parser.get("data") or {}):
+        raise LungTumorError("config has no data.cache_dir (the slice cache written by `lung-tumor preprocess`)")
+    return Path(parser.get_parsed_content("data::cache_dir"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -242,10 +250,8 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
     run_dir = run_folder(parser, fold)
     checkpoint_dir = run_dir / "checkpoints"
 
-    data = parser.get("data") or {}
-    if "cache_dir" not in data:
-        raise LungTumorError("config has no data.cache_dir (the slice cache written by `lung-tumor preprocess`)")
-    cache = SliceCache(data["cache_dir"])
+    cache_dir = _cache_dir(parser)
+    cache = SliceCache(cache_dir)
     labelled = [case for case in cache.cases if cache.label(case) is not None]
     manifest = load_manifest() if MANIFEST_PATH.is_file() else None
     train_cases, val_cases = fold_split(labelled, fold, manifest)
@@ -253,6 +259,9 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
     augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size, seed=seed + rank)
     train_ds = SliceDataset(cache, train_cases, context=context, transform=augmentation)
     sampler_cfg = parser.get("sampler") or {"tumour_weight": 1.0}
+    unknown = sorted(set(sampler_cfg) - {"tumour_weight", "tumour_fraction"})
+    if unknown:
+        raise LungTumorError(f"sampler: unknown key(s) {unknown}; use tumour_weight or tumour_fraction")
     weights = tumour_weights(
         train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
     )
@@ -273,6 +282,7 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
 
     network = parser.get_parsed_content("network_def", instantiate=True)
     num_parameters = sum(p.numel() for p in network.parameters())
+    single_network = network
     network = idist.auto_model(network)
     optimizer_factory = _build_callable(parser, "optimizer")
     if optimizer_factory is None:
@@ -287,7 +297,8 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
     evaluator = SupervisedEvaluator(
         device=device,
         val_data_loader=val_loader,
-        network=network,
+        # the plain module: ranks validate different cases, and DDP must not wait for the others' forward passes
+        network=single_network,
         inferer=SliceStackInferer(context, settings.slices_per_batch),
         postprocessing=Compose(
             [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=settings.threshold)]
@@ -333,7 +344,7 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
         )
     run_state = _RunState(early_stop)
     checkpoint_objects = {
-        "network": network.module if hasattr(network, "module") else network,
+        "network": single_network,
         "optimizer": optimizer,
         "scheduler": scheduler,
         "trainer": trainer,
@@ -348,12 +359,13 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
 
     # training handlers, in the order they must run at each event
     _attach_stop_conditions(trainer, settings)
-    if scheduler is not None:
-        LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
 
     @trainer.on(Events.EPOCH_COMPLETED)
-    def _record_lr(engine: Any) -> None:
+    def _record_lr(engine: Any) -> None:  # the rate this epoch used, before the scheduler steps
         engine.state.metrics["lr"] = optimizer.param_groups[0]["lr"]
+
+    if scheduler is not None:
+        LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
 
     ValidationHandler(validator=evaluator, interval=settings.validation_interval, epoch_level=True).attach(trainer)
 
@@ -412,7 +424,7 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
         },
         "config_hash": config_hash(parser.get()),
         "fold": fold,
-        "cache_dir": str(data["cache_dir"]),
+        "cache_dir": str(cache_dir),
         "train_cases": train_cases,
         "validation_cases": val_cases,
         "train_slices": len(train_ds),
