@@ -332,6 +332,9 @@ def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> No
         decollate=False,
     )
     Average(output_transform=_loss_value).attach(trainer, "train_loss")
+    if not writer_rank:  # one console for all ranks
+        for engine in (trainer, evaluator):
+            engine.logger.setLevel(logging.WARNING)
 
     patience = (parser.get("early_stopping") or {}).get("patience")
     early_stop = None
