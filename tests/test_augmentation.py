@@ -69,3 +69,11 @@ def test_disabled_augmentation_is_identity():
 def test_bad_values_are_user_errors(section):
     with pytest.raises(LungTumorError):
         build_augmentation(section, image_size=64)
+
+
+def test_flip_mirrors_left_right_which_is_the_last_axis_of_a_cached_slice():
+    augment = build_augmentation({"affine_prob": 0.0, "elastic_prob": 0.0, "flip_prob": 1.0}, image_size=64, seed=0)
+    item = _disk_item()
+    out = augment(item)
+    np.testing.assert_array_equal(np.asarray(out["image"]), item["image"][..., ::-1])
+    np.testing.assert_array_equal(np.asarray(out["label"]), item["label"][..., ::-1])

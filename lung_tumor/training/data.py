@@ -101,8 +101,8 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
             )
         )
         if flip_prob > 0:
-            # the first spatial axis of a cached slice is the patient's left-right axis
-            transforms.append(RandFlipd(keys=KEYS, prob=flip_prob, spatial_axis=0))
+            # cached slices are (Y, X) (docs/slice_cache.md): the second spatial axis is the patient's left-right
+            transforms.append(RandFlipd(keys=KEYS, prob=flip_prob, spatial_axis=1))
         if elastic_prob > 0:
             transforms.append(
                 Rand2DElasticd(
