@@ -32,6 +32,7 @@ AUGMENTATION_DEFAULTS: dict[str, Any] = {
     "scale": [0.85, 1.15],
     "translate_fraction": 0.1,
     "flip_prob": 0.0,
+    "flip_axis": 1,
     "elastic_prob": 0.3,
     "elastic_spacing": 32,
     "elastic_magnitude": [1.0, 3.0],
@@ -101,8 +102,10 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
             )
         )
         if flip_prob > 0:
-            # cached slices are (Y, X) (docs/slice_cache.md): the second spatial axis is the patient's left-right
-            transforms.append(RandFlipd(keys=KEYS, prob=flip_prob, spatial_axis=1))
+            # cached slices are (Y, X) (docs/slice_cache.md): axis 0 is anterior-posterior, 1 left-right
+            if cfg["flip_axis"] not in (0, 1):
+                raise LungTumorError(f"augmentation.flip_axis must be 0 or 1, got {cfg['flip_axis']!r}")
+            transforms.append(RandFlipd(keys=KEYS, prob=flip_prob, spatial_axis=cfg["flip_axis"]))
         if elastic_prob > 0:
             transforms.append(
                 Rand2DElasticd(
