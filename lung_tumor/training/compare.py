@@ -14,7 +14,8 @@ from monai.bundle import ConfigParser
 
 from lung_tumor.config import load_config
 from lung_tumor.errors import LungTumorError
-from lung_tumor.training.run import atomic_write_text, run_folder, write_json
+from lung_tumor.io import write_atomic, write_json
+from lung_tumor.training.run import run_folder
 from lung_tumor.training.trainer import train_from_config
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def compare_networks(
     writer = csv.DictWriter(buffer, COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(output_dir / f"fold_{fold}.csv", buffer.getvalue())
+    write_atomic(output_dir / f"fold_{fold}.csv", lambda stream: stream.write(buffer.getvalue()))
     write_json(output_dir / f"fold_{fold}.json", {"fold": fold, "networks": rows})
     log.info("comparison on fold %d (written to %s):\n%s", fold, output_dir / f"fold_{fold}.csv", format_table(rows))
     return rows

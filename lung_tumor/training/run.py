@@ -11,10 +11,7 @@ A run of fold ``K`` lives in ``<output_dir>/<run_name>/fold_K/``::
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from monai.inferers import Inferer
 
 from lung_tumor.config import load_config
 from lung_tumor.errors import LungTumorError
+from lung_tumor.io import write_atomic
 
 CHECKPOINT_NAMES = ("best", "last")
 
@@ -47,36 +45,16 @@ def run_folder(config: ConfigParser, fold: int) -> Path:
     return Path(output_dir) / str(config.get("run_name", "unet2d")) / f"fold_{fold}"
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through ``write(handle)`` into a temporary sibling, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda stream: stream.write(text.encode()))
-
-
-def write_json(path: Path, content: Any) -> None:
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def save_config(config: ConfigParser, path: Path) -> None:
     """Save the config content (overrides applied) as plain YAML that ``load_config`` reads back."""
-    atomic_write_text(path, yaml.safe_dump(config.get(), sort_keys=False))
+    text = yaml.safe_dump(config.get(), sort_keys=False)
+    write_atomic(path, lambda stream: stream.write(text))
 
 
 def save_checkpoint(path: Path, objects: dict[str, Any]) -> None:
     """Save ``{name: obj.state_dict()}`` atomically; the file loads with ``torch.load(weights_only=True)``."""
     content = {name: obj.state_dict() for name, obj in objects.items() if obj is not None}
-    atomic_write_bytes(path, lambda stream: torch.save(content, stream))
+    write_atomic(path, lambda stream: torch.save(content, stream), mode="wb")
 
 
 class RandomState:

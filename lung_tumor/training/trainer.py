@@ -48,6 +48,7 @@ from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.config import config_hash, load_config
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest
 from lung_tumor.errors import LungTumorError
+from lung_tumor.io import write_json
 from lung_tumor.training.data import VolumeDataset, build_augmentation, build_sampler, tumour_weights
 from lung_tumor.training.losses import build_loss
 from lung_tumor.training.run import (
@@ -57,7 +58,6 @@ from lung_tumor.training.run import (
     run_folder,
     save_checkpoint,
     save_config,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
