@@ -134,8 +134,8 @@ def _worker(case: Case, cfg: PreprocessConfig, case_dir: Path, key: str, threads
     return preprocess_case(case, cfg, case_dir, key)
 
 
-def write_index(cache_dir: Path, cfg: PreprocessConfig, metas: list[dict[str, Any]]) -> None:
-    """Write ``slices.csv`` (one row per cached slice) and ``cache.json``, both atomically."""
+def write_index(cache_dir: Path, cfg: PreprocessConfig, metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``slices.csv`` (one row per cached slice) and ``cache.json``, both atomically; returns the latter."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(INDEX_COLUMNS)
@@ -143,16 +143,15 @@ def write_index(cache_dir: Path, cfg: PreprocessConfig, metas: list[dict[str, An
         for z, pixels in enumerate(meta["tumour_pixels"]):
             writer.writerow((meta["case"], z, z + meta["crop_start"], pixels))
     write_atomic(cache_dir / "slices.csv", lambda f: f.write(buffer.getvalue()))
-    write_json(
-        cache_dir / "cache.json",
-        {
-            "version": CACHE_VERSION,
-            "preprocess": cfg.cache_key_content,
-            "cases": [m["case"] for m in metas],
-            "num_slices": sum(m["num_slices"] for m in metas),
-            "num_tumour_slices": sum(int(np.count_nonzero(m["tumour_pixels"])) for m in metas),
-        },
-    )
+    summary = {
+        "version": CACHE_VERSION,
+        "preprocess": cfg.cache_key_content,
+        "cases": [m["case"] for m in metas],
+        "num_slices": sum(m["num_slices"] for m in metas),
+        "num_tumour_slices": sum(int(np.count_nonzero(m["tumour_pixels"])) for m in metas),
+    }
+    write_json(cache_dir / "cache.json", summary)
+    return summary
 
 
 def run_cases(todo: list[Case], cfg: PreprocessConfig, cache_dir: Path, keys: dict[str, str], bar: tqdm) -> None:
@@ -227,12 +226,9 @@ def preprocess_dataset(
     with tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress) as bar:
         run_cases(todo, cfg, cache_dir, keys, bar)
     metas = [json.loads((cache_dir / "cases" / c.case_id / "meta.json").read_text()) for c in all_cases]
-    write_index(cache_dir, cfg, metas)
+    summary = write_index(cache_dir, cfg, metas)
     log.info(
-        "preprocess: %d slices (%d with tumour) in %s",
-        sum(m["num_slices"] for m in metas),
-        sum(int(np.count_nonzero(m["tumour_pixels"])) for m in metas),
-        cache_dir,
+        "preprocess: %d slices (%d with tumour) in %s", summary["num_slices"], summary["num_tumour_slices"], cache_dir
     )
     return cache_dir
 
