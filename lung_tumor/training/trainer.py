@@ -7,6 +7,7 @@ is described in :mod:`lung_tumor.training.run`.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -237,7 +238,20 @@ def _validation_case_order(cases: list[str], world_size: int) -> list[str]:
 
 
 def _train_process(local_rank: int, content: dict[str, Any], resume: bool) -> None:
-    """One training process (of ``idist.get_world_size()``)."""
+    """One training process (of ``idist.get_world_size()``), its objects freed before the process group goes.
+
+    Ignite's engines hold their handlers in reference cycles, so the DDP model (and its gloo/NCCL work
+    objects) would otherwise outlive ``destroy_process_group`` and be torn down at interpreter exit,
+    which aborts the process (``terminate called without an active exception``).
+    """
+    try:
+        _train_rank(content, resume)
+    finally:
+        gc.collect()
+
+
+def _train_rank(content: dict[str, Any], resume: bool) -> None:
+    """Build the data, network and engines of this rank and run them."""
     rank, world_size, device = idist.get_rank(), idist.get_world_size(), idist.device()
     writer_rank = rank == 0
     parser = ConfigParser(content)
