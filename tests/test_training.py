@@ -149,6 +149,22 @@ def test_cli_errors_are_one_line(tmp_path, cache_dir, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_network_that_cannot_take_the_cache_slices_is_refused_before_training(tmp_path, cache_dir):
+    # MONAI's UNet with three stride-2 levels needs sizes divisible by 8: 36 px is not
+    odd_cache = tmp_path / "cache36"
+    write_tiny_cache(odd_cache, cases=5)
+    meta = json.loads((odd_cache / "cache.json").read_text())
+    (odd_cache / "cache.json").write_text(json.dumps({**meta, "preprocess": {"image_size": 36}}))
+    unet = yaml.safe_load((CONFIGS / "networks" / "unet.yaml").read_text())["network_def"]
+    overrides = [*tiny_overrides(tmp_path, odd_cache), f"network_def={json.dumps(unet)}"]
+    with pytest.raises(LungTumorError, match=r"UNet does not accept 3-channel 36x36 slices"):
+        train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=overrides)
+    assert not (tmp_path / "runs").exists()
+    # the same network on the 32 px cache passes the check
+    ok = [*tiny_overrides(tmp_path, cache_dir, **{"training.max_iterations": 1}), f"network_def={json.dumps(unet)}"]
+    assert train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=ok)["iterations"] == 1
+
+
 def test_load_trained_model_errors(tmp_path):
     with pytest.raises(LungTumorError, match="run folder not found"):
         load_trained_model(tmp_path / "missing")

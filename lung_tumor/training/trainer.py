@@ -164,13 +164,41 @@ def train_from_config(
         raise LungTumorError("cannot resume: no checkpoints/last.pt in the run folder", run_dir)
     if not resume and last.is_file():
         raise LungTumorError("run folder already has a checkpoint; pass --resume or choose --set run_name=...", run_dir)
-    SliceCache(_cache_dir(parser))  # a missing cache is reported here, before any process starts
+    cache = SliceCache(_cache_dir(parser))  # a missing cache is reported here, before any process starts
+    _check_network_accepts(parser, cache.preprocess.image_size)
     distributed = (nproc_per_node or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if backend is None and distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
         parallel.run(_train_process, parser.get(), resume)
     return _read_json(run_dir / "metadata.json")
+
+
+def _check_network_accepts(parser: ConfigParser, image_size: int) -> None:
+    """Build ``network_def`` once and pass a batch of cache-sized slices through it, before any process starts.
+
+    MONAI's ``UNet`` and ``AttentionUnet``, for instance, need sizes divisible by the product of their strides;
+    a mismatch would otherwise surface as a tensor-shape error deep inside the first training step.
+    """
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as err:
+        raise LungTumorError(f"network_def: cannot build it ({str(err).splitlines()[0]})") from None
+    channels = 2 * context_slices(parser) + 1
+    network.eval()
+    try:
+        with torch.no_grad():
+            out = network(torch.zeros(2, channels, image_size, image_size))
+    except Exception as err:
+        raise LungTumorError(
+            f"network_def {type(network).__name__} does not accept {channels}-channel {image_size}x{image_size} "
+            f"slices of the cache ({str(err).splitlines()[0]}); choose preprocess.image_size to suit it"
+        ) from None
+    if tuple(out.shape[-2:]) != (image_size, image_size):
+        raise LungTumorError(
+            f"network_def {type(network).__name__} maps {image_size}x{image_size} slices to "
+            f"{tuple(out.shape[-2:])}; the output must keep the slice size"
+        )
 
 
 def _cache_dir(parser: ConfigParser) -> Path:
