@@ -66,7 +66,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     from lung_tumor.evaluation.evaluate import evaluate_run
 
     evaluate_run(
-        args.run, args.data, fold=args.fold, cases=args.cases, output=args.output, pictures=not args.no_pictures
+        args.run,
+        args.data,
+        fold=args.fold,
+        cases=args.cases,
+        output=args.output,
+        pictures=not args.no_pictures,
+        all_cases=args.all,
     )
 
 
@@ -136,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="MSD-layout dataset folder")
-    p.add_argument("--fold", type=int, default=None)
-    p.add_argument("--cases", nargs="+", default=None)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=int, default=None, help="this fold's validation cases (default: the run's)")
+    which.add_argument("--cases", nargs="+", default=None, help="these case ids")
+    which.add_argument("--all", action="store_true", help="every labelled case of --data (a held-out test set)")
     p.add_argument("--output", type=Path, default=None)
     p.add_argument("--no-pictures", action="store_true")
     p.set_defaults(func=_evaluate)

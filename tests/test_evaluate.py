@@ -134,6 +134,9 @@ def test_evaluate_run_defaults_to_the_runs_fold_and_writes_pictures(tmp_path: Pa
     assert chosen["case_types"] == {"tumour": 1, "empty_truth": 1, "empty_prediction": 0, "both_empty": 0}
     assert not (tmp_path / "o" / "pictures").exists()
 
+    held_out = evaluate_run(run, tmp_path / "data", all_cases=True, output=tmp_path / "all", pictures=False)
+    assert held_out["case_ids"] == sorted(cases) and held_out["cases"] == 5
+
     status = main(["evaluate", "--run", str(run), "--data", str(tmp_path / "data"), "--fold", "2", "--no-pictures"])
     assert status == 0
     assert (

@@ -61,7 +61,7 @@ class CasePredictor(Protocol):
 
 
 def select_cases(
-    data: str | Path, fold: int | None = None, cases: Sequence[str] | None = None
+    data: str | Path, fold: int | None = None, cases: Sequence[str] | None = None, all_cases: bool = False
 ) -> tuple[list[Case], str]:
     """The labelled cases to evaluate and a description of the choice.
 
@@ -69,12 +69,16 @@ def select_cases(
         data: MSD-layout dataset folder.
         fold: use the validation cases of this fold (``fold_split`` with the repository's manifest).
         cases: explicit case ids instead (take precedence over ``fold``).
+        all_cases: every labelled case of the dataset (a separate test set; takes precedence over both).
 
     Raises:
         LungTumorError: neither is given, an id is unknown, or a case has no label.
     """
     available = {case.case_id: case for case in list_cases(data)}
-    if cases:
+    if all_cases:
+        chosen = [case for case in available.values() if case.label is not None]
+        description = f"all {len(chosen)} labelled case(s)"
+    elif cases:
         unknown = [c for c in cases if c not in available]
         if unknown:
             raise LungTumorError(
@@ -85,7 +89,7 @@ def select_cases(
         _, validation = fold_split(sorted(available), fold, load_manifest())
         chosen, description = [available[c] for c in validation], f"validation cases of fold {fold}"
     else:
-        raise LungTumorError("no cases to evaluate: give --fold or --cases (or a run whose config has a fold)")
+        raise LungTumorError("no cases to evaluate: give --fold, --cases or --all (or a run whose config has a fold)")
     unlabelled = [c.case_id for c in chosen if c.label is None]
     if unlabelled:
         raise LungTumorError(f"case(s) {unlabelled} have no label to score against", Path(data) / "dataset.json")
@@ -215,6 +219,7 @@ def evaluate_run(
     output: str | Path | None = None,
     pictures: bool = True,
     predictor: CasePredictor | None = None,
+    all_cases: bool = False,
 ) -> dict[str, Any]:
     """Score a training run per case in 3D, MSD / nnU-Net style.
 
@@ -223,6 +228,7 @@ def evaluate_run(
         data: MSD-layout dataset folder (default: the run config's ``data.root``).
         fold: evaluate this fold's validation cases (default: the run's fold).
         cases: evaluate these case ids instead.
+        all_cases: evaluate every labelled case of ``data`` (a held-out test set the run never saw).
         output: result folder (default: ``RUN/evaluation/``).
         pictures: also write an overlay and a montage PNG per case.
         predictor: what predicts the cases (default: ``lung_tumor.inference.Predictor(run)``).
@@ -248,7 +254,7 @@ def evaluate_run(
             raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
     if fold is None and not cases:
         fold = config.get("fold")
-    chosen, description = select_cases(data, fold=fold, cases=cases)
+    chosen, description = select_cases(data, fold=fold, cases=cases, all_cases=all_cases)
     log.info("evaluating %s: %s from %s", run, description, data)
     if predictor is None:
         from lung_tumor.inference import Predictor
