@@ -77,3 +77,26 @@ def test_flip_mirrors_left_right_which_is_the_last_axis_of_a_cached_slice():
     out = augment(item)
     np.testing.assert_array_equal(np.asarray(out["image"]), item["image"][..., ::-1])
     np.testing.assert_array_equal(np.asarray(out["label"]), item["label"][..., ::-1])
+
+
+def test_tumour_centred_patches_show_the_tumour_and_match_the_image():
+    plain = {"affine_prob": 0.0, "elastic_prob": 0.0, "flip_prob": 0.0}
+    always = build_augmentation({**plain, "crop_size": 24, "crop_tumour_prob": 1.0}, image_size=64, seed=0)
+    never = build_augmentation({**plain, "crop_size": 24, "crop_tumour_prob": 0.0}, image_size=64, seed=0)
+    for _ in range(40):
+        out = always(_disk_item())
+        image, label = np.asarray(out["image"]), np.asarray(out["label"])
+        assert image.shape == label.shape == (1, 24, 24)
+        np.testing.assert_array_equal(image, label)  # the same window of image and label
+        # the patch centre is a tumour pixel, or a background one with crop_tumour_prob 0
+        assert label[0, 12, 12] == 1
+        assert np.asarray(never(_disk_item())["label"])[0, 12, 12] == 0
+    # a slice without tumour gives a random patch
+    empty = {"image": np.ones((1, 64, 64), np.float32), "label": np.zeros((1, 64, 64), np.float32)}
+    assert np.asarray(always(empty)["image"]).shape == (1, 24, 24)
+
+
+@pytest.mark.parametrize("crop", [4, 65, 2.5, True])
+def test_bad_crop_size_is_refused(crop):
+    with pytest.raises(LungTumorError, match="augmentation.crop_size"):
+        build_augmentation({"crop_size": crop}, image_size=64)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lung_tumor.networks import UNet2D
+from lung_tumor.training.run import AutocastInferer, SliceStackInferer
 
 SMALL = (4, 8, 16, 32)
 
@@ -55,3 +56,17 @@ def test_prior_probability_sets_the_initial_output():
 def test_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         UNet2D(**kwargs)
+
+
+def test_autocast_inferer_returns_float32_close_to_full_precision():
+    torch.manual_seed(0)
+    network = UNet2D(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16, 32)).eval()
+    image = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full = network(image)
+        mixed = AutocastInferer("cpu", torch.bfloat16)(image, network)
+        stacked = AutocastInferer("cpu", torch.bfloat16, inner=SliceStackInferer(1, 4))(image[:1, :1, None], network)
+    assert mixed.dtype == stacked.dtype == torch.float32
+    assert mixed.shape == full.shape and stacked.shape == (1, 1, 1, 32, 32)
+    # bfloat16 keeps 8 bits of mantissa: logits agree to a few hundredths, not exactly
+    assert 0 < (mixed - full).abs().max() < 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from monai.transforms import (
     EnsureTyped,
     Rand2DElasticd,
     RandAffined,
+    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
@@ -37,7 +39,22 @@ AUGMENTATION_DEFAULTS: dict[str, Any] = {
     "elastic_spacing": 32,
     "elastic_magnitude": [1.0, 3.0],
     "intensity_prob": 0.0,
+    "crop_size": None,
+    "crop_tumour_prob": 0.5,
 }
+
+
+class RandTumourCropd(RandCropByPosNegLabeld):
+    """One square patch per slice, centred on a tumour pixel with probability ``pos / (pos + neg)``.
+
+    MONAI's ``RandCropByPosNegLabeld`` returns a list of ``num_samples`` patches; the slice datasets
+    give one item per index, so this returns the single patch itself.
+    """
+
+    def __call__(self, data: Any, lazy: bool | None = None) -> dict[str, Any]:  # type: ignore[override]
+        with warnings.catch_warnings():  # a slice without tumour gives a random patch: expected, not a warning
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            return super().__call__(data, lazy=lazy)[0]
 
 
 def _check_range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
@@ -57,6 +74,9 @@ def _check_prob(name: str, value: Any) -> float:
 def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: int | None = None) -> Compose:
     """MONAI dictionary transforms that augment ``image`` and ``label`` with one draw per sample.
 
+    With ``crop_size`` set, each slice first gives one square patch (:class:`RandTumourCropd`), centred on a
+    tumour pixel with probability ``crop_tumour_prob`` where the slice has tumour: training on patches is
+    faster per slice, and the fully convolutional network still segments whole slices.
     Geometry (``RandAffined``: rotation, scale, translation; ``RandFlipd``: left-right; ``Rand2DElasticd``)
     moves image and label together, bilinear for the image and nearest for the label, so the label stays
     binary. Intensity augmentation (scale, shift, noise) touches the image only.
@@ -74,6 +94,24 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
         raise LungTumorError(f"augmentation: unknown key(s) {unknown}; known keys are {sorted(AUGMENTATION_DEFAULTS)}")
     cfg = {**AUGMENTATION_DEFAULTS, **(section or {})}
     transforms: list = [EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False)]
+    if cfg["crop_size"] is not None:
+        crop = cfg["crop_size"]
+        if not isinstance(crop, int) or isinstance(crop, bool) or not 8 <= crop <= image_size:
+            raise LungTumorError(
+                f"augmentation.crop_size must be an integer in [8, {image_size}] or null, got {crop!r}"
+            )
+        tumour_prob = _check_prob("crop_tumour_prob", cfg["crop_tumour_prob"])
+        transforms.append(
+            RandTumourCropd(
+                keys=KEYS,
+                label_key="label",
+                spatial_size=(crop, crop),
+                pos=tumour_prob,
+                neg=1.0 - tumour_prob,
+                num_samples=1,
+                allow_smaller=False,
+            )
+        )
     if cfg["enabled"]:
         affine_prob = _check_prob("affine_prob", cfg["affine_prob"])
         flip_prob = _check_prob("flip_prob", cfg["flip_prob"])

@@ -39,6 +39,7 @@ from monai.handlers import (
     from_engine,
     stopping_fn_from_metric,
 )
+from monai.inferers import SimpleInferer
 from monai.metrics import DiceMetric
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from monai.utils import CommonKeys, set_determinism
@@ -53,9 +54,11 @@ from lung_tumor.io import write_json
 from lung_tumor.training.data import VolumeDataset, build_augmentation, build_sampler, tumour_weights
 from lung_tumor.training.losses import build_loss
 from lung_tumor.training.run import (
+    AutocastInferer,
     RandomState,
     SliceStackInferer,
     context_slices,
+    cpu_bf16_supported,
     run_folder,
     save_checkpoint,
     save_config,
@@ -78,7 +81,8 @@ class TrainingConfig:
         batch_size: slices per step and process.
         samples_per_epoch: slices drawn per epoch over all processes (default: the number of training slices).
         num_workers: data-loader worker processes per training process.
-        amp: mixed precision (used on GPU only).
+        amp: mixed precision: float16 on a GPU (MONAI's engines); bfloat16 on a CPU that computes it natively
+            (AVX512-BF16 or AMX), otherwise float32.
         max_iterations: stop after this many steps in all (for tests and CI); the run can be resumed.
         max_minutes: wall-clock budget; the run stops after the step that exceeds it.
         validation_interval: validate every this many epochs (and always where the run stops).
@@ -335,13 +339,19 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     scheduler_factory = _build_callable(parser, "scheduler")
     scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
     amp = settings.amp and cuda
+    # on a CPU, amp means bfloat16 autocast where the CPU computes it natively (MONAI autocasts on CUDA only)
+    cpu_bf16 = settings.amp and device.type == "cpu" and cpu_bf16_supported()
+    train_inferer = AutocastInferer("cpu", torch.bfloat16) if cpu_bf16 else SimpleInferer()
+    val_inferer = SliceStackInferer(context, settings.slices_per_batch)
+    if cpu_bf16:
+        val_inferer = AutocastInferer("cpu", torch.bfloat16, inner=val_inferer)
 
     evaluator = SupervisedEvaluator(
         device=device,
         val_data_loader=val_loader,
         # the plain module: ranks validate different cases, and DDP must not wait for the others' forward passes
         network=single_network,
-        inferer=SliceStackInferer(context, settings.slices_per_batch),
+        inferer=val_inferer,
         postprocessing=Compose(
             [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=settings.threshold)]
         ),
@@ -370,6 +380,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         network=network,
         optimizer=optimizer,
         loss_function=build_loss(parser.get("loss")),
+        inferer=train_inferer,
         amp=amp,
         decollate=False,
     )
@@ -480,7 +491,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "network": parser.get("network_def", {}).get("_target_"),
         "world_size": world_size,
         "device": str(device),
-        "amp": amp,
+        "amp": "float16" if amp else "bfloat16" if cpu_bf16 else False,
     }
     started = time.monotonic()
     if writer_rank:
