@@ -1,9 +1,11 @@
 """``lung-tumor demo``: the whole job on embedded synthetic data, from nothing to scores, masks and reports.
 
-Steps: ``synth`` (16 small labelled cases and 2 unlabelled ones), ``preprocess``, ``train`` (the demo
-config on fold 0), ``evaluate`` (the fold's held-out cases, per case in 3D, with pictures), and
-``predict`` with the tumour report on the unlabelled cases. Every step reuses what an earlier run
-finished, and an interrupted training run resumes from its last checkpoint.
+Steps: ``synth`` (16 small labelled cases and 2 unlabelled ones, and a separate labelled test set of
+16 cases drawn with another seed), ``preprocess``, ``train`` (the demo config on fold 0), ``evaluate``
+(the fold's validation cases, per case in 3D, with pictures; then the separate test set, which neither
+training nor the choice of the best checkpoint ever saw), and ``predict`` with the tumour report on the
+unlabelled cases. Every step reuses what an earlier run finished, and an interrupted training run
+resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 DEMO_CASES, DEMO_TEST_CASES, DEMO_SEED = 16, 2, 0
+# the held-out test set: labelled cases from another seed, in their own MSD-layout folder
+HELD_OUT_CASES, HELD_OUT_SEED = 16, 1
 
 
 def demo_overrides(out: Path, minutes: float | None) -> list[str]:
@@ -34,11 +38,12 @@ def demo_overrides(out: Path, minutes: float | None) -> list[str]:
     return overrides
 
 
-def ensure_synthetic_data(root: Path) -> None:
-    """Write the synthetic dataset unless a complete one is already there."""
+def ensure_synthetic_data(root: Path, cases: int = DEMO_CASES, seed: int = DEMO_SEED, test_cases: int = 0) -> None:
+    """Write ``cases`` labelled synthetic cases (and ``test_cases`` unlabelled) unless they are already there."""
     try:
-        complete = len(list_cases(root, "training")) == DEMO_CASES and all(
-            c.image.is_file() and c.label is not None and c.label.is_file() for c in list_cases(root, "training")
+        listed = list_cases(root, "training")
+        complete = len(listed) == cases and all(
+            c.image.is_file() and c.label is not None and c.label.is_file() for c in listed
         )
     except LungTumorError:
         complete = False
@@ -47,7 +52,7 @@ def ensure_synthetic_data(root: Path) -> None:
         return
     from lung_tumor.data.synth import synthesize_dataset
 
-    synthesize_dataset(root, cases=DEMO_CASES, size="small", seed=DEMO_SEED, test_cases=DEMO_TEST_CASES)
+    synthesize_dataset(root, cases=cases, size="small", seed=seed, test_cases=test_cases)
 
 
 def ensure_trained(parser: Any) -> Path:
@@ -69,7 +74,8 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
     """Run the whole job on synthetic data in ``out`` and print the scores and the paths written.
 
     Returns:
-        The evaluation summary, with the prediction paths under ``"predictions"``.
+        The evaluation summary of the fold's validation cases, with the held-out test set's summary under
+        ``"held_out"`` and the prediction paths under ``"predictions"``.
     """
     from lung_tumor.evaluation.evaluate import evaluate_run
     from lung_tumor.inference import predict
@@ -79,10 +85,16 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
     started = time.monotonic()
     parser = load_config(DEMO_CONFIG, demo_overrides(out, minutes))
     root, cache_dir = data_section(parser)
-    ensure_synthetic_data(root)
+    ensure_synthetic_data(root, test_cases=DEMO_TEST_CASES)
+    held_out_root = out / "held_out"
+    ensure_synthetic_data(held_out_root, cases=HELD_OUT_CASES, seed=HELD_OUT_SEED)
     preprocess_dataset(root, cache_dir, PreprocessConfig.from_dict(parser.get_parsed_content("preprocess")))
     run_dir = ensure_trained(parser)
     summary = evaluate_run(run_dir, root)
+    held_out = evaluate_run(
+        run_dir, held_out_root, all_cases=True, output=run_dir / "evaluation_held_out", pictures=False
+    )
+    summary["held_out"] = held_out
     predictions = predict(run_dir, root / "imagesTs", output=out / "predictions", lung_mask=True)
     summary["predictions"] = predictions
     minutes_taken = (time.monotonic() - started) / 60
@@ -90,15 +102,13 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
     lines = [
         "",
         f"lung-tumor demo finished in {minutes_taken:.1f} min",
-        f"  held-out cases (fold {parser.get('fold', 0)}): {', '.join(summary['case_ids'])}",
-        f"  Dice per case, mean: {_figure(summary.get('dice_per_case_mean'))}"
-        f"  median: {_figure(summary.get('dice_per_case_median'))}  pooled: {_figure(summary.get('dice_pooled'))}",
-        f"  HD95 per case, mean: {_figure(summary.get('hd95_mm_per_case_mean'), ' mm')}"
-        f"  lesion sensitivity: {_figure(summary.get('lesion_sensitivity_pooled'))}"
-        f"  false positives per case: {_figure(summary.get('lesion_false_positives_per_case'))}",
-        f"  naive slice-averaged soft Dice (what the old recipe reported): "
-        f"{_figure(summary.get('soft_dice_slice_averaged_naive'))}",
-        f"  scores: {evaluation / 'summary.json'} and {evaluation / 'per_case.csv'}",
+        f"  validation cases of fold {parser.get('fold', 0)} (chose the best checkpoint): "
+        f"{', '.join(summary['case_ids'])}",
+        *_score_lines(summary),
+        f"  held-out test set ({held_out['cases']} cases of seed {HELD_OUT_SEED}, never seen in training): "
+        f"{held_out_root}",
+        *_score_lines(held_out),
+        f"  scores: {evaluation / 'summary.json'}, {evaluation / 'per_case.csv'} and {run_dir / 'evaluation_held_out'}",
         f"  pictures: {evaluation / 'pictures'}",
         f"  training curves (TensorBoard): tensorboard --logdir {run_dir / 'tensorboard'}",
     ]
@@ -106,6 +116,19 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
         lines.append(f"  prediction: {paths['mask']}  report: {paths['report_text']}")
     print("\n".join(lines))
     return summary
+
+
+def _score_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline scores of an evaluation summary, as printed by the demo."""
+    return [
+        f"    Dice per case, mean: {_figure(summary.get('dice_per_case_mean'))}"
+        f"  median: {_figure(summary.get('dice_per_case_median'))}  pooled: {_figure(summary.get('dice_pooled'))}",
+        f"    HD95 per case, mean: {_figure(summary.get('hd95_mm_per_case_mean'), ' mm')}"
+        f"  lesion sensitivity: {_figure(summary.get('lesion_sensitivity_pooled'))}"
+        f"  false positives per case: {_figure(summary.get('lesion_false_positives_per_case'))}",
+        f"    naive slice-averaged soft Dice (what the old recipe reported): "
+        f"{_figure(summary.get('soft_dice_slice_averaged_naive'))}",
+    ]
 
 
 def _figure(value: float | None, unit: str = "") -> str:

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 import yaml
 from monai.data import DataLoader
+from monai.inferers import SimpleInferer
 
 from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.config import PreprocessConfig, load_config
 from lung_tumor.preprocess import preprocess_dataset
 from lung_tumor.training.data import build_augmentation, build_sampler, tumour_weights
 from lung_tumor.training.losses import build_loss
-from lung_tumor.training.run import context_slices
+from lung_tumor.training.run import AutocastInferer, context_slices, cpu_bf16_supported
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NETWORKS = ("unet2d", "unet", "basic_unet")
@@ -38,8 +39,9 @@ def network_for(config_file: Path, name: str, features: list[int] | None = None)
     return config.get_parsed_content("network_def"), 2 * context_slices(config) + 1
 
 
-def step_rate(network: torch.nn.Module, channels: int, size: int, batch: int, steps: int) -> float:
-    """Slices per second of forward, Dice+BCE loss, backward and Adam step."""
+def step_rate(network: torch.nn.Module, channels: int, size: int, batch: int, steps: int, bf16: bool = False) -> float:
+    """Slices per second of forward, Dice+BCE loss, backward and Adam step (optionally under bfloat16 autocast)."""
+    forward = AutocastInferer("cpu", torch.bfloat16) if bf16 else SimpleInferer()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     loss_fn = build_loss({"name": "dice_bce", "batch": True})
     image = torch.rand(batch, channels, size, size)
@@ -49,7 +51,7 @@ def step_rate(network: torch.nn.Module, channels: int, size: int, batch: int, st
     for _ in range(steps + 1):  # the first step warms up allocators
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(network(image), label).backward()
+        loss_fn(forward(image, network), label).backward()
         optimizer.step()
         timings.append(time.perf_counter() - start)
     return batch / (sum(timings[1:]) / steps)
@@ -94,6 +96,16 @@ def main() -> None:
             rates[label, name] = rate
             parameters = sum(p.numel() for p in network.parameters())
             print(f"{label:6} {name:11} {size:5d} {batch:5d} {parameters:11,d} {rate:9.2f}")
+
+    size = demo["preprocess"]["image_size"]
+    crop = demo["augmentation"].get("crop_size") or size
+    batch = demo["training"]["batch_size"]
+    print(f"\ndemo UNet2D, batch {batch}: float32 against bfloat16 autocast (training.amp; native bfloat16 on")
+    print(f"this CPU: {cpu_bf16_supported()}), whole {size} px slices against {crop} px patches")
+    network, channels = network_for(CONFIGS / "demo.yaml", "unet2d")
+    for pixels, bf16 in ((size, False), (size, True), (crop, False), (crop, True)):
+        rate = step_rate(network, channels, pixels, batch, args.steps, bf16=bf16)
+        print(f"  {pixels:4d} px {'bfloat16' if bf16 else 'float32':9} {rate:9.2f} slices/s")
 
     cache_dir = args.work / "cache256"
     cfg = PreprocessConfig(crop_from_slice=8, pixel_mm=1.4, image_size=256, num_workers=2)

@@ -25,6 +25,10 @@ def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert 0.0 <= written["dice_pooled"] <= 1.0
     assert len((evaluation / "per_case.csv").read_text().splitlines()) == 1 + len(summary["case_ids"])
     assert len(list((evaluation / "pictures").glob("*.png"))) >= len(summary["case_ids"])
+    held_out = summary["held_out"]
+    assert held_out["case_ids"] == [f"lung_{i:03d}" for i in range(1, 17)]  # every case of the separate test set
+    assert held_out == json.loads((evaluation.parent / "evaluation_held_out" / "summary.json").read_text())
+    assert (tmp_path / "held_out" / "dataset.json").is_file()
     for paths in summary["predictions"]:
         source = tmp_path / "data" / "imagesTs" / paths["mask"].name
         mask, image = nib.load(paths["mask"]), nib.load(source)
@@ -32,4 +36,5 @@ def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture) 
         np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
         assert "total tumour volume" in paths["report_text"].read_text()
     printed = capsys.readouterr().out
-    assert "lung-tumor demo finished" in printed and "Dice per case, mean" in printed
+    assert "lung-tumor demo finished" in printed and printed.count("Dice per case, mean") == 2
+    assert "held-out test set (16 cases" in printed

@@ -17,7 +17,7 @@ from lung_tumor.errors import LungTumorError
 from lung_tumor.training.compare import compare_networks
 from lung_tumor.training.data import VolumeDataset
 from lung_tumor.training.losses import build_loss
-from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
+from lung_tumor.training.run import AutocastInferer, SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.training.trainer import train_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -65,6 +65,7 @@ def tiny_overrides(tmp_path: Path, cache: Path, **extra: object) -> list[str]:
         "training.num_workers": 0,
         "training.max_minutes": None,
         "training.validation_interval": 1,
+        "augmentation.crop_size": 24,
         **extra,
     }
     return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
@@ -102,9 +103,11 @@ def test_demo_config_run_writes_tensorboard_and_reloadable_checkpoints(tmp_path,
         assert {"network", "optimizer", "trainer", "run_state"} <= set(state)
     # the reloaded best network reproduces the per-case Dice recorded at its epoch
     network, config = load_trained_model(run_dir, "best")
-    assert not network.training and context_slices(config) == 1
+    assert not network.training and context_slices(config) == 2
     cache = SliceCache(cache_dir)
     inferer = SliceStackInferer(context_slices(config))
+    if metadata["amp"] == "bfloat16":  # validation ran under CPU autocast: score the same way
+        inferer = AutocastInferer("cpu", torch.bfloat16, inner=inferer)
     for case, recorded in metadata["best_per_case_dice"].items():
         item = VolumeDataset(cache, [case])[0]
         with torch.no_grad():
@@ -157,7 +160,7 @@ def test_network_that_cannot_take_the_cache_slices_is_refused_before_training(tm
     (odd_cache / "cache.json").write_text(json.dumps({**meta, "preprocess": {"image_size": 36}}))
     unet = yaml.safe_load((CONFIGS / "networks" / "unet.yaml").read_text())["network_def"]
     overrides = [*tiny_overrides(tmp_path, odd_cache), f"network_def={json.dumps(unet)}"]
-    with pytest.raises(LungTumorError, match=r"UNet does not accept 3-channel 36x36 slices"):
+    with pytest.raises(LungTumorError, match=r"UNet does not accept 5-channel 36x36 slices"):
         train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=overrides)
     assert not (tmp_path / "runs").exists()
     # the same network on the 32 px cache passes the check
