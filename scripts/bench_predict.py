@@ -28,7 +28,7 @@ from bench_preprocess import SHAPE, rss_mb, write_volume  # noqa: E402
 
 NETWORKS = {
     # name: (features, pixel_mm, image_size, context) as in configs/demo.yaml and configs/train.yaml
-    "demo": ([16, 32, 64, 128], 3.75, 96, 1),
+    "demo": ([16, 32, 64, 128], 3.75, 96, 2),
     "default": ([64, 128, 256, 512], 1.5, 256, 0),
 }
 
