@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from matplotlib import patheffects
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -182,10 +183,7 @@ def overlay_figure(
         note = "no tumour in ground truth or prediction: evenly spaced slices"
     chosen.sort(reverse=True)  # superior first
     figure = Figure(figsize=OVERLAY_SIZE_INCHES, dpi=DPI)
-    axes = figure.subplots(1, slices, squeeze=False)[0]
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, k in zip(axes, chosen, strict=False):
+    for ax, k in zip(_blank_axes(figure, 1, slices), chosen, strict=False):
         ax.set_axis_on()
         volume.draw(ax, k)
         ax.set_title(
@@ -195,10 +193,7 @@ def overlay_figure(
         )
         ax.set_xlabel("mm (patient's right → left)", fontsize=8)
         ax.set_ylabel("mm (anterior → posterior)", fontsize=8)
-    figure.suptitle(f"{title}  {note}; lung window W1500/L-600, radiological view".strip(), fontsize=12)
-    _legend(figure, volume)
-    figure.subplots_adjust(left=0.04, right=0.99, top=0.84, bottom=0.12, wspace=0.25)
-    return save_figure(figure, path)
+    return _finish(figure, volume, f"{title}  {note}", path, top=0.84, bottom=0.12)
 
 
 def montage_figure(
@@ -228,19 +223,27 @@ def montage_figure(
     box = volume.tumour_box_mm()
     height = MONTAGE_ROW_INCHES * rows + MONTAGE_TITLE_INCHES
     figure = Figure(figsize=(MONTAGE_WIDTH_INCHES, height), dpi=DPI)
-    axes = figure.subplots(rows, MONTAGE_COLUMNS, squeeze=False).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, k in zip(axes, chosen, strict=False):
+    for ax, k in zip(_blank_axes(figure, rows, MONTAGE_COLUMNS), chosen, strict=False):
         ax.set_axis_on()
         volume.draw(ax, int(k), box)
         ax.set_title(volume.slice_label(int(k)), fontsize=10)
-    figure.suptitle(
-        f"{title}  tumour extent, superior to inferior (mm); lung window W1500/L-600, radiological view".strip(),
-        fontsize=12,
-    )
+    title = f"{title}  tumour extent, superior to inferior (mm)"
+    return _finish(figure, volume, title, path, top=1 - 0.7 / height, bottom=0.4 / height, hspace=0.3)
+
+
+def _blank_axes(figure: Figure, rows: int, columns: int) -> list[Axes]:
+    """A grid of panels with their axes hidden; the ones that get a slice turn theirs back on."""
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes:
+        ax.set_axis_off()
+    return axes
+
+
+def _finish(figure: Figure, volume: _DisplayVolume, title: str, path: str | Path, **spacing: float) -> Path:
+    """Title (with the window and view), legend and margins of a slice figure, then write it."""
+    figure.suptitle(f"{title}; lung window W1500/L-600, radiological view".strip(), fontsize=12)
     _legend(figure, volume)
-    figure.subplots_adjust(left=0.04, right=0.99, top=1 - 0.7 / height, bottom=0.4 / height, wspace=0.25, hspace=0.3)
+    figure.subplots_adjust(left=0.04, right=0.99, wspace=0.25, **spacing)
     return save_figure(figure, path)
 
 
