@@ -18,17 +18,12 @@ import logging
 from pathlib import Path
 
 from lung_tumor.config import PreprocessConfig, load_config
-from lung_tumor.data.synth import synthesize_dataset
+from lung_tumor.demo import ensure_synthetic_data
 from lung_tumor.evaluation.evaluate import evaluate_run
 from lung_tumor.preprocess import data_section, preprocess_dataset
 from lung_tumor.training.trainer import train_from_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-def ensure_data(root: Path, cases: int, seed: int) -> None:
-    if not (root / "dataset.json").is_file():
-        synthesize_dataset(root, cases=cases, size="small", seed=seed, test_cases=0)
 
 
 def main() -> None:
@@ -42,8 +37,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     data, held_out = args.work / f"data{args.cases}", args.work / f"held_out{args.held_out}"
-    ensure_data(data, args.cases, seed=0)
-    ensure_data(held_out, args.held_out, seed=1)
+    ensure_synthetic_data(data, cases=args.cases, seed=0)
+    ensure_synthetic_data(held_out, cases=args.held_out, seed=1)
     preprocess = sorted(o for o in args.overrides if o.startswith("preprocess."))
     cache = args.work / ("cache_" + ("_".join(o.split("=", 1)[1] for o in preprocess) or "default") + f"_{args.cases}")
     overrides = [
