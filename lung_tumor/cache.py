@@ -143,7 +143,12 @@ class SliceDataset(Dataset):
         """Whether each item's slice holds tumour (for weighted sampling)."""
         return np.array([r.tumour_pixels > 0 for r in self.records], dtype=bool)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``index``; given ``(index, seed)`` (``lung_tumor.training.data.SeededDraws``), the transform's
+        random state is first set from ``seed``, so the item's augmentation depends on the seed alone."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         record = self.records[index]
         label = self.cache.label(record.case)
         if label is None:
@@ -154,4 +159,8 @@ class SliceDataset(Dataset):
             "case": record.case,
             "slice": record.slice,
         }
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        if seed is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=seed)
+        return self.transform(item)

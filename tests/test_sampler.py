@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lung_tumor.errors import LungTumorError
-from lung_tumor.training.data import build_sampler, expected_tumour_fraction, tumour_weights
+from lung_tumor.training.data import SeededDraws, build_sampler, expected_tumour_fraction, tumour_weights
 
 
 def _flags(n_tumour: int, n_other: int) -> np.ndarray:
@@ -61,3 +61,20 @@ def test_distributed_ranks_draw_from_disjoint_slices_at_the_configured_rate():
 def test_bad_sampler_settings_are_user_errors(kwargs):
     with pytest.raises(LungTumorError):
         tumour_weights(_flags(3, 7), **kwargs)
+
+
+def test_seeded_draws_depend_on_seed_rank_and_epoch_only():
+    weights = tumour_weights(_flags(30, 270), tumour_fraction=0.5)
+
+    def draws(seed: int = 0, rank: int = 0, epoch: int = 1, skip: int = 0) -> list[tuple[int, int]]:
+        sampler = SeededDraws(build_sampler(None, weights, num_samples=64), seed=seed, rank=rank)
+        sampler.set_epoch(epoch, skip=skip)
+        return list(sampler)
+
+    first = draws()
+    assert len(first) == 64 and first == draws()  # a new sampler for the same epoch draws the same pairs
+    assert len({seed for _, seed in first}) == 64  # every draw is augmented from its own seed
+    assert draws(skip=40) == first[40:]  # a resumed epoch continues where the stop fell
+    for other in (draws(epoch=2), draws(rank=1), draws(seed=1)):
+        assert [i for i, _ in other] != [i for i, _ in first]
+        assert not {s for _, s in other} & {s for _, s in first}

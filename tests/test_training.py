@@ -10,12 +10,12 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lung_tumor.cache import SliceCache
+from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.cli import main
 from lung_tumor.config import load_config
 from lung_tumor.errors import LungTumorError
 from lung_tumor.training.compare import compare_networks
-from lung_tumor.training.data import VolumeDataset
+from lung_tumor.training.data import VolumeDataset, build_augmentation
 from lung_tumor.training.losses import build_loss
 from lung_tumor.training.run import AutocastInferer, SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.training.trainer import train_from_config
@@ -139,6 +139,14 @@ def test_stop_after_iterations_then_resume_continues_at_that_iteration(tmp_path,
     # epoch 1 was logged by the first run, epoch 2 after resuming
     assert [e.step for e in _events(run_dir).Scalars("train_loss")] == [1, 2]
 
+    # the stop fell in the middle of epoch 2: the resumed run drew the rest of that epoch's slices, with the
+    # same augmentation, so it ends with the weights of an uninterrupted run (whose loader has a worker)
+    straight = tiny_overrides(tmp_path, cache_dir, run_name="straight", **{"training.num_workers": 1})
+    train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=straight)
+    uninterrupted = torch.load(tmp_path / "runs" / "straight" / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in uninterrupted["network"].items():
+        torch.testing.assert_close(state["network"][name], tensor, rtol=0, atol=0, msg=name)
+
 
 def test_cli_errors_are_one_line(tmp_path, cache_dir, capsys):
     config = ["--config", str(CONFIGS / "demo.yaml")]
@@ -214,3 +222,14 @@ def test_compare_trains_each_network_on_the_same_fold_and_writes_the_table(tmp_p
     assert again == rows
     with pytest.raises(LungTumorError, match="no network overlay"):
         compare_networks(CONFIGS / "demo.yaml", fold=0, networks=["resnet9000"], overrides=overrides)
+
+
+def test_a_slice_drawn_with_a_seed_is_augmented_by_that_seed_alone(cache_dir):
+    cache = SliceCache(cache_dir)
+    augment = build_augmentation(
+        {"rotate_deg": 30, "affine_prob": 1.0, "elastic_prob": 0.0}, cache.preprocess.image_size
+    )
+    dataset = SliceDataset(cache, context=1, transform=augment)
+    first, other, again = (np.asarray(dataset[(3, s)]["image"]) for s in (7, 8, 7))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)

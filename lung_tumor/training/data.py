@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -226,6 +226,42 @@ def build_sampler(
     return WeightedRandomSampler(
         torch.as_tensor(weights, dtype=torch.double), num_samples, replacement=True, generator=generator
     )
+
+
+class SeededDraws(Sampler[tuple[int, int]]):
+    """Each epoch's draws of a weighted sampler, paired with a seed for their augmentation; both fixed by the epoch.
+
+    The draws and the augmentation of every drawn slice depend only on ``(seed, rank, epoch)`` and the draw's
+    position: not on the number of loader workers or whether they persist, and not on where a run was
+    interrupted, so ``--resume`` (mid-epoch too, with ``skip``) continues exactly as an uninterrupted run would.
+    :class:`lung_tumor.cache.SliceDataset` takes the ``(index, seed)`` pairs and seeds its transform with them.
+
+    Args:
+        sampler: the sampler from :func:`build_sampler` (it draws from the ``generator`` set here).
+        seed: the run's seed.
+        rank: this process's rank (ranks augment differently).
+    """
+
+    def __init__(self, sampler: WeightedRandomSampler | DistributedWeightedRandomSampler, seed: int, rank: int = 0):
+        self.sampler, self.seed, self.rank = sampler, int(seed), int(rank)
+        self.epoch, self.skip = 1, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Draw the slices of ``epoch`` next, leaving out its first ``skip`` draws (already trained on)."""
+        self.epoch, self.skip = int(epoch), int(skip)
+        if isinstance(self.sampler, DistributedWeightedRandomSampler):
+            self.sampler.set_epoch(epoch)  # reshuffles the ranks' shares
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        entropy = np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(entropy))
+        self.sampler.generator = generator
+        indices = [int(i) for i in self.sampler]
+        seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=generator).tolist()
+        yield from zip(indices[self.skip :], seeds[self.skip :], strict=True)
 
 
 class VolumeDataset(Dataset):

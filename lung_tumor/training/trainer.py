@@ -51,7 +51,13 @@ from lung_tumor.config import config_hash, load_config
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
-from lung_tumor.training.data import VolumeDataset, build_augmentation, build_sampler, tumour_weights
+from lung_tumor.training.data import (
+    SeededDraws,
+    VolumeDataset,
+    build_augmentation,
+    build_sampler,
+    tumour_weights,
+)
 from lung_tumor.training.losses import build_loss
 from lung_tumor.training.run import (
     AutocastInferer,
@@ -312,7 +318,9 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
     )
     samples_per_epoch = settings.samples_per_epoch or len(train_ds)
-    sampler = build_sampler(train_ds, weights, samples_per_epoch, world_size=world_size, rank=rank)
+    sampler = SeededDraws(
+        build_sampler(train_ds, weights, samples_per_epoch, world_size=world_size, rank=rank), seed=seed, rank=rank
+    )
     cuda = device.type == "cuda"
     train_loader = DataLoader(
         train_ds,
@@ -415,6 +423,11 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
 
     # training handlers, in the order they must run at each event
     _attach_stop_conditions(trainer, settings)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _draw_epoch(engine: Any) -> None:  # a resumed epoch leaves out the batches trained before the stop
+        done = engine.state.iteration % engine.state.epoch_length
+        sampler.set_epoch(engine.state.epoch, skip=done * settings.batch_size)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _record_lr(engine: Any) -> None:  # the rate this epoch used, before the scheduler steps
