@@ -35,6 +35,15 @@ def _preprocess(args: argparse.Namespace) -> None:
     preprocess_from_config(args.config, overrides=args.set)
 
 
+def _fold(value: str) -> int | str:
+    from lung_tumor.data.manifest import parse_fold
+
+    try:
+        return parse_fold(value)
+    except LungTumorError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _train(args: argparse.Namespace) -> None:
     from lung_tumor.training.trainer import train_from_config
 
@@ -118,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a network on one fold")
     with_config(p)
-    p.add_argument("--fold", type=int, default=None, help="cross-validation fold (default: the config's)")
+    p.add_argument(
+        "--fold",
+        type=_fold,
+        default=None,
+        help="cross-validation fold, or 'all' for every case (default: the config's)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=_train)
 

@@ -3,11 +3,13 @@
     python scripts/bench_quality.py --name base
     python scripts/bench_quality.py --name one_neighbour --set context_slices=1 --set training.epochs=44
     python scripts/bench_quality.py --name more_data --cases 48
+    python scripts/bench_quality.py --name every_case --fold all
 
 Writes (or reuses) ``--cases`` small synthetic training cases of seed 0 and ``--held-out`` labelled cases
-of seed 1 under ``--work``, trains ``configs/demo.yaml`` (with the ``--set`` overrides) on fold 0, evaluates
-the best checkpoint on every held-out case, prints one JSON line and appends it to ``WORK/results.jsonl``.
-The fold's 4 validation cases choose the checkpoint; the held-out cases are never seen before scoring.
+of seed 1 under ``--work``, trains ``configs/demo.yaml`` (with the ``--set`` overrides) on ``--fold`` (0 by
+default), evaluates the best checkpoint on every held-out case, prints one JSON line and appends it to
+``WORK/results.jsonl``. The fold's 4 validation cases choose the checkpoint; with ``--fold all`` every case trains
+and the last checkpoint is scored. The held-out cases are never seen before scoring.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from pathlib import Path
 
 from lung_tumor.config import PreprocessConfig, load_config
+from lung_tumor.data.manifest import parse_fold
 from lung_tumor.demo import ensure_synthetic_data
 from lung_tumor.evaluation.evaluate import evaluate_run
 from lung_tumor.preprocess import data_section, preprocess_dataset
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--cases", type=int, default=16, help="synthetic training cases (seed 0)")
     parser.add_argument("--held-out", type=int, default=20, help="held-out labelled cases (seed 1)")
+    parser.add_argument("--fold", type=parse_fold, default=0, help="fold to train, or 'all' (every case)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lung_tumor_bench_quality"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -46,12 +50,13 @@ def main() -> None:
         f"data.cache_dir={cache}",
         f"output_dir={args.work / 'runs'}",
         f"run_name={args.name}",
+        f"fold={json.dumps(args.fold)}",
         *args.overrides,
     ]
     config = load_config(CONFIG, overrides)
     root, cache_dir = data_section(config)
     preprocess_dataset(root, cache_dir, PreprocessConfig.from_dict(config.get_parsed_content("preprocess")))
-    run = args.work / "runs" / args.name / "fold_0"
+    run = args.work / "runs" / args.name / f"fold_{args.fold}"
     finished = run / "metadata.json"
     if finished.is_file() and json.loads(finished.read_text()).get("status") == "finished":
         metadata = json.loads(finished.read_text())
@@ -65,7 +70,8 @@ def main() -> None:
         "training_seconds": metadata["seconds"],
         "epochs": metadata["epochs"],
         "amp": metadata["amp"],
-        "validation_dice_best": round(metadata["best_metric"], 3),
+        "fold": args.fold,
+        "validation_dice_best": None if metadata["best_metric"] is None else round(metadata["best_metric"], 3),
         "best_epoch": metadata["best_metric_epoch"],
         "held_out_cases": summary["cases"],
         "held_out_dice_per_case_mean": round(summary["dice_per_case_mean"], 3),

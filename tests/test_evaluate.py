@@ -162,5 +162,7 @@ def test_user_errors(tmp_path: Path, capsys) -> None:
         evaluate_run(run, tmp_path / "data", cases=["nope"], predictor=FakePredictor(cases))
     with pytest.raises(LungTumorError, match="fold must be"):
         evaluate_run(run, tmp_path / "data", fold=7, predictor=FakePredictor(cases))
+    with pytest.raises(LungTumorError, match="fold all .* no validation cases: score a separate test set with --all"):
+        evaluate_run(run, tmp_path / "data", fold="all", predictor=FakePredictor(cases))
     assert main(["evaluate", "--run", str(tmp_path / "missing"), "--data", str(tmp_path / "data")]) == 1
     assert "run folder not found" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, make_folds
+from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, make_folds, parse_fold
 from lung_tumor.errors import LungTumorError
 
 SHARED_MSD = Path(__file__).resolve().parents[1].parent / "shared" / "msd" / "Task06_Lung"
@@ -71,3 +71,9 @@ def test_fold_split_makes_folds_for_other_ids(manifest: dict) -> None:
     assert set().union(*validations) == set(ids) and sum(map(len, validations)) == 16
     with pytest.raises(LungTumorError, match="fold must be an integer in"):
         fold_split(ids, 5, manifest)
+    # fold all: every case trains, none validates (nnU-Net's `fold all`)
+    assert fold_split(ids, parse_fold("all"), manifest) == (ids, [])
+    assert parse_fold("3") == 3 and parse_fold(2) == 2
+    for bad in ("every", True, 1.5):
+        with pytest.raises(LungTumorError, match="fold must be an integer or 'all'"):
+            parse_fold(bad)

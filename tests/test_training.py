@@ -233,3 +233,30 @@ def test_a_slice_drawn_with_a_seed_is_augmented_by_that_seed_alone(cache_dir):
     first, other, again = (np.asarray(dataset[(3, s)]["image"]) for s in (7, 8, 7))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+
+
+def test_fold_all_trains_on_every_case_without_validation_and_its_model_is_the_last_checkpoint(
+    tmp_path, cache_dir, capsys
+):
+    sets = [a for o in tiny_overrides(tmp_path, cache_dir, run_name="every") for a in ("--set", o)]
+    assert main(["train", "--config", str(CONFIGS / "demo.yaml"), *sets, "--fold", "all"]) == 0
+    run_dir = tmp_path / "runs" / "every" / "fold_all"
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    labelled = [c for c in SliceCache(cache_dir).cases if SliceCache(cache_dir).label(c) is not None]
+    assert metadata["train_cases"] == sorted(labelled) and metadata["validation_cases"] == []
+    assert metadata["best_metric"] is None and metadata["iterations"] == 8
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert "val_dice" not in _events(run_dir).Tags()["scalars"]
+    assert load_config(run_dir / "config.yaml")["fold"] == "all"
+    # "best" of a run without validation is its last checkpoint
+    best, last = load_trained_model(run_dir, "best")[0], load_trained_model(run_dir, "last")[0]
+    for a, b in zip(best.state_dict().values(), last.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # compare needs validation cases; a fold that is neither a number nor "all" is refused in one line
+    with pytest.raises(LungTumorError, match="fold all has none"):
+        compare_networks(
+            CONFIGS / "demo.yaml", fold="all", networks=["unet2d"], overrides=tiny_overrides(tmp_path, cache_dir)
+        )
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(CONFIGS / "demo.yaml"), "--fold", "every"])
+    assert "fold must be an integer or 'all'" in capsys.readouterr().err

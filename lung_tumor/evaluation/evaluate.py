@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lung_tumor.config import load_config
-from lung_tumor.data.manifest import fold_split, load_manifest
+from lung_tumor.data.manifest import ALL_FOLD, fold_split, load_manifest
 from lung_tumor.data.msd import Case, list_cases
 from lung_tumor.errors import LungTumorError
 from lung_tumor.evaluation.metrics import (
@@ -61,7 +61,7 @@ class CasePredictor(Protocol):
 
 
 def select_cases(
-    data: str | Path, fold: int | None = None, cases: Sequence[str] | None = None, all_cases: bool = False
+    data: str | Path, fold: int | str | None = None, cases: Sequence[str] | None = None, all_cases: bool = False
 ) -> tuple[list[Case], str]:
     """The labelled cases to evaluate and a description of the choice.
 
@@ -85,6 +85,12 @@ def select_cases(
                 f"unknown case id(s) {unknown} (not in the training list)", Path(data) / "dataset.json"
             )
         chosen, description = [available[c] for c in cases], f"{len(cases)} chosen case(s)"
+    elif fold == ALL_FOLD:
+        raise LungTumorError(
+            "fold all trained on every case and has no validation cases: score a separate test set with --all, "
+            "or name --cases",
+            data,
+        )
     elif fold is not None:
         _, validation = fold_split(sorted(available), fold, load_manifest())
         chosen, description = [available[c] for c in validation], f"validation cases of fold {fold}"
@@ -214,7 +220,7 @@ def score_cases(
 def evaluate_run(
     run: str | Path,
     data: str | Path | None = None,
-    fold: int | None = None,
+    fold: int | str | None = None,
     cases: Sequence[str] | None = None,
     output: str | Path | None = None,
     pictures: bool = True,

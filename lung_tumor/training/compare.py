@@ -13,6 +13,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from lung_tumor.config import load_config
+from lung_tumor.data.manifest import ALL_FOLD, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json
 from lung_tumor.training.run import run_folder
@@ -83,7 +84,9 @@ def compare_networks(
             parser.get_parsed_content("network_def", instantiate=True)
         except Exception as err:
             raise LungTumorError(f"network {name!r} cannot be built: {str(err).splitlines()[0]}") from None
-    fold = fold if fold is not None else load_config(config, overrides).get("fold", 0)
+    fold = parse_fold(fold if fold is not None else load_config(config, overrides).get("fold", 0))
+    if fold == ALL_FOLD:
+        raise LungTumorError("compare scores the networks on a fold's validation cases; fold all has none")
     rows = []
     for name, parser in parsers.items():
         run_dir = run_folder(parser, fold)

@@ -1,6 +1,6 @@
 """Run folders: layout, atomic writes, checkpoint contents, and loading a trained network for inference.
 
-A run of fold ``K`` lives in ``<output_dir>/<run_name>/fold_K/``::
+A run of fold ``K`` (or ``all``: every case, no validation) lives in ``<output_dir>/<run_name>/fold_K/``::
 
     config.yaml          the config as trained (overrides applied, ``fold`` filled in); ``load_config`` reads it
     metadata.json        versions, config hash, fold and case lists, best metric and epoch, parameter count
@@ -23,6 +23,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 
 from lung_tumor.config import load_config
+from lung_tumor.data.manifest import ALL_FOLD
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic
 
@@ -37,7 +38,7 @@ def context_slices(config: ConfigParser) -> int:
     return value
 
 
-def run_folder(config: ConfigParser, fold: int) -> Path:
+def run_folder(config: ConfigParser, fold: int | str) -> Path:
     """``<output_dir>/<run_name>/fold_<fold>`` for this config."""
     output_dir = config.get("output_dir")
     if not output_dir:
@@ -153,7 +154,8 @@ def load_trained_model(
 
     Args:
         run_dir: the run folder (``<output_dir>/<run_name>/fold_K``).
-        checkpoint: ``best``, ``last``, or a path to a checkpoint file.
+        checkpoint: ``best``, ``last``, or a path to a checkpoint file; a run of fold ``all`` (no validation)
+            gives its last checkpoint for ``best``.
         device: where to put the network.
 
     Returns:
@@ -166,6 +168,8 @@ def load_trained_model(
     if not run_dir.is_dir():
         raise LungTumorError("run folder not found", run_dir)
     config = load_config(run_dir / "config.yaml")
+    if checkpoint == "best" and config.get("fold") == ALL_FOLD:  # trained without validation: its model is the last
+        checkpoint = "last"
     path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
     if not path.is_file():
         raise LungTumorError(f"no {checkpoint} checkpoint (has this run finished an epoch?)", path)

@@ -48,7 +48,7 @@ from torch.utils.tensorboard import SummaryWriter
 import lung_tumor
 from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.config import config_hash, load_config
-from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest
+from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
 from lung_tumor.training.data import (
@@ -148,7 +148,8 @@ def train_from_config(
 
     Args:
         config: a config file or an already loaded ``ConfigParser``.
-        fold: cross-validation fold (default: the config's ``fold``, else 0).
+        fold: cross-validation fold (default: the config's ``fold``, else 0); ``"all"`` trains on every
+            labelled case without validation, and the run's model is its last checkpoint.
         resume: continue from the run folder's ``checkpoints/last.pt``.
         overrides: ``key=value`` strings applied to a config file.
         nproc_per_node: spawn this many processes here (e.g. 2 CPU processes with ``gloo``); under
@@ -163,9 +164,7 @@ def train_from_config(
         LungTumorError: bad config values, missing slice cache, or ``resume`` without a checkpoint.
     """
     parser = config if isinstance(config, ConfigParser) else load_config(config, overrides)
-    fold = fold if fold is not None else parser.get("fold", 0)
-    if not isinstance(fold, int) or isinstance(fold, bool):
-        raise LungTumorError(f"fold must be an integer, got {fold!r}")
+    fold = parse_fold(fold if fold is not None else parser.get("fold", 0))
     parser["fold"] = fold
     TrainingConfig.from_dict(parser.get("training"))  # fail early, before any process starts
     run_dir = run_folder(parser, fold)
@@ -330,9 +329,11 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         pin_memory=cuda,
         persistent_workers=settings.num_workers > 0,
     )
-    val_ds = VolumeDataset(cache, val_cases)
-    val_sampler = DistributedSampler(val_ds, even_divisible=False, shuffle=False) if world_size > 1 else None
-    val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=0)
+    val_loader = None
+    if val_cases:
+        val_ds = VolumeDataset(cache, val_cases)
+        val_sampler = DistributedSampler(val_ds, even_divisible=False, shuffle=False) if world_size > 1 else None
+        val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=0)
 
     network = parser.get_parsed_content("network_def", instantiate=True)
     num_parameters = sum(p.numel() for p in network.parameters())
@@ -354,33 +355,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     if cpu_bf16:
         val_inferer = AutocastInferer("cpu", torch.bfloat16, inner=val_inferer)
 
-    evaluator = SupervisedEvaluator(
-        device=device,
-        val_data_loader=val_loader,
-        # the plain module: ranks validate different cases, and DDP must not wait for the others' forward passes
-        network=single_network,
-        inferer=val_inferer,
-        postprocessing=Compose(
-            [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=settings.threshold)]
-        ),
-        key_val_metric={
-            # per case in 3D on binary masks; ignore_empty=False scores empty truth as 1 (empty prediction) or 0
-            KEY_METRIC: IgniteMetricHandler(
-                metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
-                output_transform=from_engine(["pred", "label"]),
-            )
-        },
-        additional_metrics={
-            f"val_{name}": ConfusionMatrix(
-                include_background=True,
-                metric_name=name,
-                compute_sample=True,
-                output_transform=from_engine(["pred", "label"]),
-            )
-            for name in ("precision", "recall")
-        },
-        amp=amp,
-    )
+    evaluator = _build_evaluator(val_loader, single_network, val_inferer, settings.threshold, device, amp)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=settings.epochs,
@@ -395,11 +370,12 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     Average(output_transform=_loss_value).attach(trainer, "train_loss")
     if not writer_rank:  # one console for all ranks
         for engine in (trainer, evaluator):
-            engine.logger.setLevel(logging.WARNING)
+            if engine is not None:
+                engine.logger.setLevel(logging.WARNING)
 
     patience = (parser.get("early_stopping") or {}).get("patience")
     early_stop = None
-    if patience:
+    if patience and evaluator is not None:
         early_stop = EarlyStopHandler(
             patience=int(patience),
             score_function=stopping_fn_from_metric(KEY_METRIC),
@@ -436,44 +412,48 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     if scheduler is not None:
         LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
 
-    ValidationHandler(validator=evaluator, interval=settings.validation_interval, epoch_level=True).attach(trainer)
+    if evaluator is None:
+        log.info("fold %s has no validation cases: no validation, early stopping or best checkpoint; use last.pt", fold)
+    else:
+        ValidationHandler(validator=evaluator, interval=settings.validation_interval, epoch_level=True).attach(trainer)
 
-    @evaluator.on(Events.STARTED)
-    def _note_validation(engine: Any) -> None:
-        run_state.validated_iteration = trainer.state.iteration
+        @evaluator.on(Events.STARTED)
+        def _note_validation(engine: Any) -> None:
+            run_state.validated_iteration = trainer.state.iteration
 
-    @trainer.on(Events.COMPLETED)
-    def _validate_where_stopped(engine: Any) -> None:
-        if run_state.validated_iteration != engine.state.iteration:
-            evaluator.run(engine.state.epoch)
+        @trainer.on(Events.COMPLETED)
+        def _validate_where_stopped(engine: Any) -> None:
+            if run_state.validated_iteration != engine.state.iteration:
+                evaluator.run(engine.state.epoch)
 
-    val_cases_gathered = _validation_case_order(val_cases, world_size)
+        val_cases_gathered = _validation_case_order(val_cases, world_size)
 
-    @evaluator.on(Events.EPOCH_COMPLETED)
-    def _track_best(engine: Any) -> None:
-        dice = float(engine.state.metrics[KEY_METRIC])
-        if dice > run_state.best_metric:
-            details = engine.state.metric_details[KEY_METRIC].flatten().tolist()
-            run_state.best_metric, run_state.best_epoch = dice, trainer.state.epoch
-            run_state.best_per_case = dict(zip(val_cases_gathered, details, strict=False))
-            if writer_rank:
-                save_checkpoint(checkpoint_dir / "best.pt", checkpoint_objects)
+        @evaluator.on(Events.EPOCH_COMPLETED)
+        def _track_best(engine: Any) -> None:
+            dice = float(engine.state.metrics[KEY_METRIC])
+            if dice > run_state.best_metric:
+                details = engine.state.metric_details[KEY_METRIC].flatten().tolist()
+                run_state.best_metric, run_state.best_epoch = dice, trainer.state.epoch
+                run_state.best_per_case = dict(zip(val_cases_gathered, details, strict=False))
+                if writer_rank:
+                    save_checkpoint(checkpoint_dir / "best.pt", checkpoint_objects)
 
-    if early_stop is not None:
-        early_stop.attach(evaluator)
+        if early_stop is not None:
+            early_stop.attach(evaluator)
 
     writer = None
     if writer_rank:
         StatsHandler(name=STATS_LOGGER, iteration_log=False, tag_name="train_loss").attach(trainer)
-        StatsHandler(
-            name=STATS_LOGGER, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
-        ).attach(evaluator)
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         TensorBoardStatsHandler(summary_writer=writer, iteration_log=False).attach(trainer)
-        TensorBoardStatsHandler(
-            summary_writer=writer, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
-        ).attach(evaluator)
-        _attach_tensorboard_images(evaluator, trainer, writer, settings.tensorboard_images)
+        if evaluator is not None:
+            StatsHandler(
+                name=STATS_LOGGER, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
+            ).attach(evaluator)
+            TensorBoardStatsHandler(
+                summary_writer=writer, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
+            ).attach(evaluator)
+            _attach_tensorboard_images(evaluator, trainer, writer, settings.tensorboard_images)
         ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"loss": _loss_value(output)})
 
         @trainer.on(Events.EPOCH_COMPLETED)
@@ -510,7 +490,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     if writer_rank:
         write_json(run_dir / "metadata.json", {**metadata, "status": "running"})
     log.info(
-        "training %s on fold %d: %d training cases (%d slices, %d with tumour), %d validation cases, %d parameters",
+        "training %s on fold %s: %d training cases (%d slices, %d with tumour), %d validation cases, %d parameters",
         metadata["network"],
         fold,
         len(train_cases),
@@ -539,22 +519,68 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
             status="finished",
             epochs=trainer.state.epoch,
             iterations=trainer.state.iteration,
-            best_metric=run_state.best_metric,
-            best_metric_epoch=run_state.best_epoch,
+            best_metric=run_state.best_metric if val_cases else None,
+            best_metric_epoch=run_state.best_epoch if val_cases else None,
             best_per_case_dice=run_state.best_per_case,
             seconds=round(elapsed, 1),
             seconds_per_epoch=round(elapsed / epochs_run, 2) if epochs_run > 0 else None,
         )
         write_json(run_dir / "metadata.json", metadata)
-        log.info(
-            "best validation Dice %.4f at epoch %d; run folder %s", run_state.best_metric, run_state.best_epoch, run_dir
-        )
+        if val_cases:
+            log.info(
+                "best validation Dice %.4f at epoch %d; run folder %s",
+                run_state.best_metric,
+                run_state.best_epoch,
+                run_dir,
+            )
+        else:
+            log.info("finished without validation (fold %s); run folder %s", fold, run_dir)
     idist.barrier()
 
 
 def _loss_value(output: dict[str, Any]) -> float:
     """The step's loss from the trainer's (not decollated) output."""
     return float(output[CommonKeys.LOSS].detach())
+
+
+def _build_evaluator(
+    val_loader: DataLoader | None,
+    network: torch.nn.Module,
+    inferer: Any,
+    threshold: float,
+    device: torch.device,
+    amp: bool,
+) -> SupervisedEvaluator | None:
+    """Validation of whole volumes, per case in 3D on binarised predictions; ``None`` without validation cases."""
+    if val_loader is None:
+        return None
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=val_loader,
+        # the plain module: ranks validate different cases, and DDP must not wait for the others' forward passes
+        network=network,
+        inferer=inferer,
+        postprocessing=Compose(
+            [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=threshold)]
+        ),
+        key_val_metric={
+            # per case in 3D on binary masks; ignore_empty=False scores empty truth as 1 (empty prediction) or 0
+            KEY_METRIC: IgniteMetricHandler(
+                metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
+                output_transform=from_engine(["pred", "label"]),
+            )
+        },
+        additional_metrics={
+            f"val_{name}": ConfusionMatrix(
+                include_background=True,
+                metric_name=name,
+                compute_sample=True,
+                output_transform=from_engine(["pred", "label"]),
+            )
+            for name in ("precision", "recall")
+        },
+        amp=amp,
+    )
 
 
 def _attach_stop_conditions(trainer: SupervisedTrainer, settings: TrainingConfig) -> None:
