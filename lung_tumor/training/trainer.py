@@ -295,7 +295,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     fold = parser["fold"]
     settings = TrainingConfig.from_dict(parser.get("training"))
     seed = int(parser.get("seed", 0))
-    # each rank augments differently; the sampler keeps their slices apart
+    # global draws (network start, dropout) per rank; augmentation is seeded per drawn slice (SeededDraws)
     set_determinism(seed=seed + rank)
     context = context_slices(parser)
     run_dir = run_folder(parser, fold)
@@ -307,7 +307,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     manifest = load_manifest() if MANIFEST_PATH.is_file() else None
     train_cases, val_cases = fold_split(labelled, fold, manifest)
 
-    augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size, seed=seed + rank)
+    augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
     train_ds = SliceDataset(cache, train_cases, context=context, transform=augmentation)
     sampler_cfg = parser.get("sampler") or {"tumour_weight": 1.0}
     unknown = sorted(set(sampler_cfg) - {"tumour_weight", "tumour_fraction"})
