@@ -329,11 +329,6 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         pin_memory=cuda,
         persistent_workers=settings.num_workers > 0,
     )
-    val_loader = None
-    if val_cases:
-        val_ds = VolumeDataset(cache, val_cases)
-        val_sampler = DistributedSampler(val_ds, even_divisible=False, shuffle=False) if world_size > 1 else None
-        val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=0)
 
     network = parser.get_parsed_content("network_def", instantiate=True)
     num_parameters = sum(p.numel() for p in network.parameters())
@@ -355,7 +350,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     if cpu_bf16:
         val_inferer = AutocastInferer("cpu", torch.bfloat16, inner=val_inferer)
 
-    evaluator = _build_evaluator(val_loader, single_network, val_inferer, settings.threshold, device, amp)
+    evaluator = _build_evaluator(cache, val_cases, single_network, val_inferer, settings.threshold, device, amp)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=settings.epochs,
@@ -544,16 +539,25 @@ def _loss_value(output: dict[str, Any]) -> float:
 
 
 def _build_evaluator(
-    val_loader: DataLoader | None,
+    cache: SliceCache,
+    val_cases: list[str],
     network: torch.nn.Module,
     inferer: Any,
     threshold: float,
     device: torch.device,
     amp: bool,
 ) -> SupervisedEvaluator | None:
-    """Validation of whole volumes, per case in 3D on binarised predictions; ``None`` without validation cases."""
-    if val_loader is None:
+    """Validation of whole volumes, per case in 3D on binarised predictions; ``None`` without validation cases.
+
+    Under DDP each rank validates its share of the cases.
+    """
+    if not val_cases:
         return None
+    val_ds = VolumeDataset(cache, val_cases)
+    val_sampler = (
+        DistributedSampler(val_ds, even_divisible=False, shuffle=False) if idist.get_world_size() > 1 else None
+    )
+    val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=0)
     return SupervisedEvaluator(
         device=device,
         val_data_loader=val_loader,
