@@ -197,6 +197,49 @@ def check_affine(affine: np.ndarray, path: str | Path) -> None:
         raise LungTumorError(problems[0], path)
 
 
+def dicom_pixel_spacing(folder: str | Path) -> str | None:
+    """The Pixel Spacing tag (0028,0030) of the first file of the folder's first series, as stored (None: absent)."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetDirectory(str(folder))
+    uids = names.GetSeriesUIDs()
+    if not uids:
+        return None
+    reader = itk.GDCMImageIO.New()
+    reader.SetFileName(names.GetFileNames(uids[0])[0])
+    reader.ReadImageInformation()
+    tags = reader.GetMetaDataDictionary()
+    return str(tags["0028|0030"]) if tags.HasKey("0028|0030") else None
+
+
+def check_dicom_spacing(folder: str | Path, spacing: Any) -> None:
+    """Refuse a DICOM series whose in-plane spacing ITK made up.
+
+    ITK reads a missing or zero Pixel Spacing as 1 mm without a word; an in-plane spacing of exactly
+    1 mm is therefore confirmed from the tag itself (other spacings cannot be made up, so cost nothing).
+
+    Raises:
+        LungTumorError: zero, negative or not finite spacing, or a 1 mm spacing the files do not state.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise LungTumorError(f"DICOM voxel spacing {_mm(spacing)} mm: must be positive", folder)
+    if not np.any(spacing[:2] == 1.0):
+        return
+    stored = dicom_pixel_spacing(folder)
+    try:
+        values = [float(v) for v in (stored or "").strip().split("\\")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        shown = "missing" if stored is None else f"'{stored.strip()}'"
+        raise LungTumorError(
+            f"DICOM Pixel Spacing (0028,0030) is {shown}: in-plane voxel size unknown (ITK would assume 1 mm)",
+            folder,
+        )
+
+
 def check_label_values(label: np.ndarray, path: str | Path) -> None:
     """Refuse a mask with NaN or infinite values (the 0/1 rule itself is in ``check_label``).
 
@@ -215,6 +258,7 @@ __all__ = [
     "affine_problems",
     "check_affine",
     "check_ct_intensities",
+    "check_dicom_spacing",
     "check_label_values",
     "check_nifti_geometry",
     "intensity_problems",

@@ -16,7 +16,13 @@ from monai.transforms import (
 )
 
 from lung_tumor.config import PreprocessConfig
-from lung_tumor.data.checks import check_affine, check_ct_intensities, check_label_values, check_nifti_geometry
+from lung_tumor.data.checks import (
+    check_affine,
+    check_ct_intensities,
+    check_dicom_spacing,
+    check_label_values,
+    check_nifti_geometry,
+)
 from lung_tumor.errors import LungTumorError
 from lung_tumor.transforms.dictionary import CropFromSliced, ResampleInPlaned, WindowIntensityd
 
@@ -55,7 +61,9 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
         raise LungTumorError(f"{what} must be a single 3D volume, got shape {array.shape}", path)
     if min(array.shape) < 1:
         raise LungTumorError(f"{what} is empty, shape {array.shape}", path)
-    if not path.is_dir():
+    if path.is_dir():
+        check_dicom_spacing(path, meta["spacing"])
+    else:
         check_nifti_geometry(path, type(stored.header))
     check_affine(meta["affine"], path)
     if what == "image":
