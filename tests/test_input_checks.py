@@ -17,8 +17,14 @@ import yaml
 from test_inference import ORIENTATIONS, chest, make_run
 
 from lung_tumor.cli import main
-from lung_tumor.data.checks import check_nifti_geometry, intensity_problems, summarize_intensities
+from lung_tumor.data.checks import (
+    check_ct_intensities,
+    check_nifti_geometry,
+    intensity_problems,
+    summarize_intensities,
+)
 from lung_tumor.data.msd import list_cases, write_dataset_json
+from lung_tumor.errors import LungTumorError
 from lung_tumor.transforms.pipeline import load_volume
 
 SHAPE = (40, 36, 6)
@@ -348,3 +354,17 @@ def test_itk_and_nibabel_place_the_mask_on_its_ct(run: Path, tmp_path: Path, nam
     expected = world_of_voxels(ct_nib.affine, mask)
     for affine in (mask_nib.affine, ct_itk, mask_itk):
         np.testing.assert_allclose(world_of_voxels(affine, mask), expected, atol=1e-3)
+
+
+def test_int16_fast_path_confirms_before_refusing() -> None:
+    """int16 skips the full min/max pass; a sample that looks constant is checked on every voxel."""
+    volume = np.full((32, 40, 36), -1000, np.int16)  # C order: axis 0 is sampled every 2nd slice
+    volume[1] = chest((40, 36, 1))[..., 0]
+    check_ct_intensities(volume, "ct.nii.gz")  # not refused: only slice 1 varies and it is not sampled
+    volume[1] = -1000
+    with pytest.raises(LungTumorError, match=r"ct.nii.gz: constant volume \(every voxel -1000\)"):
+        check_ct_intensities(volume, "ct.nii.gz")
+    wide = np.full((8, 8, 8), -1000, np.int32)
+    wide[0, 0, 0] = 40000  # int32 can exceed the range: read exactly
+    with pytest.raises(LungTumorError, match=r"intensities -1000..40000 outside \[-32768, 32767\]"):
+        check_ct_intensities(wide, "ct.nii.gz")
