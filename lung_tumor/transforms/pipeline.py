@@ -66,12 +66,12 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
     else:
         check_nifti_geometry(path, type(stored.header))
     check_affine(meta["affine"], path)
+    if array.dtype == np.float64:  # scaled NIfTI data: float32 is exact enough for HU and halves the memory
+        array = array.astype(np.float32)
     if what == "image":
         check_ct_intensities(array, path)
     else:
         check_label_values(array, path)
-    if array.dtype == np.float64:  # scaled NIfTI data: float32 is exact enough for HU and halves the memory
-        array = array.astype(np.float32)
     if not array.flags.writeable:
         array = array.copy()
     meta["filename_or_obj"] = str(path)
