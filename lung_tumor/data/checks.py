@@ -8,9 +8,10 @@ A volume that would give a silently wrong answer is refused with one line naming
   ``pixdim`` (nibabel silently turns a zero into 1 mm), ``pixdim`` equal to the sform's voxel size (ITK
   takes the spacing from ``pixdim``, nibabel from the sform), and, when both forms are set, qform and
   sform within :data:`AFFINE_TOLERANCE_MM` of each other at every corner of the volume. Readers differ
-  on which form wins (nibabel always takes the sform; ITK 5.4 takes the qform unless ``sform_code`` is 1;
-  FSL, MRtrix and older ITK prefer the qform), so a mask written in either frame would sit shifted in
-  some viewer: such a file is refused rather than guessed. A DICOM series must state its spacing: ITK
+  on which form wins (nibabel always takes the sform; ITK 5.4 takes the sform when its code is 1 or there
+  is no qform, the qform otherwise, as measured with the ``itk`` package; FSL, MRtrix and older ITK prefer
+  the qform), so a mask written in either frame would sit shifted in some viewer: such a file is refused
+  rather than guessed. A DICOM series must state its spacing: ITK
   reads a missing or zero Pixel Spacing as 1 mm, so a 1 mm in-plane spacing is confirmed from the tag.
 - **Intensities** (CT images only): no NaN or infinite voxel, not constant, within the 16-bit range a
   scanner stores, and at least :data:`MIN_AIR_FRACTION` of the voxels in the air and lung range
