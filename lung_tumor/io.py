@@ -54,7 +54,13 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units."""
+    """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units.
+
+    With both forms equal and coded 1, every reader places the voxels alike: nibabel takes the sform,
+    ITK the sform when its code is 1 (the qform otherwise), FSL and MRtrix the qform. Inputs whose forms
+    disagree are refused by :mod:`lung_tumor.data.checks`, so a mask written with the affine its CT was
+    read with lies on that CT for all of them (``tests/test_input_checks.py`` reads both back with ITK).
+    """
     import nibabel as nib
 
     image = nib.Nifti1Image(array, affine)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import sys
@@ -24,15 +25,19 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from lung_tumor.data.checks import (
+    IntensitySummary,
+    affine_problems,
+    intensity_problems,
+    nifti_header_problems,
+    summarize_intensities,
+)
 from lung_tumor.data.manifest import MANIFEST_PATH, load_manifest
 from lung_tumor.data.msd import Case, list_cases, read_dataset_json
 from lung_tumor.errors import LungTumorError
 
 log = logging.getLogger(__name__)
 
-HU_FLOOR = -2048  # below any CT value; scanners pad outside the scan circle with -2048 at most
-HU_CEILING = 4095  # 12-bit CT range; dense metal may exceed it, but a dataset of such scans is suspect
-AIR_BELOW = -500  # every chest CT contains air; a [0, 1]-normalised or shifted image does not
 AFFINE_ATOL = 1e-3
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -49,6 +54,8 @@ class VolumeInfo:
         maximum: largest value.
         nonzero: number of non-zero voxels.
         size: file size in bytes.
+        intensities: what the shared CT intensity rule needs (:mod:`lung_tumor.data.checks`).
+        geometry: problems of the header and affine, by the shared rule.
         sha256: hex digest of the file, when asked for.
     """
 
@@ -59,6 +66,8 @@ class VolumeInfo:
     maximum: float
     nonzero: int
     size: int
+    intensities: IntensitySummary
+    geometry: tuple[str, ...] = ()
     sha256: str | None = None
 
     @property
@@ -82,46 +91,49 @@ def read_volume(path: str | Path, with_sha256: bool = False) -> VolumeInfo:
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest() if with_sha256 else None
     try:
-        image = nib.Nifti1Image.from_bytes(gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw)
+        content = gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
+        image = nib.Nifti1Image.from_bytes(content)
+        stored_header = nib.Nifti1Header.from_fileobj(io.BytesIO(content), check=False)  # before nibabel's repairs
         data = np.asanyarray(image.dataobj)
     except Exception as err:  # gzip, zlib and nibabel raise many types for a damaged file; all mean the same
         raise LungTumorError(f"cannot be read ({type(err).__name__}: {err})", path) from None
     if data.size == 0:
         raise LungTumorError("holds no voxels", path)
+    intensities = summarize_intensities(data)
+    affine = np.asarray(image.affine, dtype=float)
     return VolumeInfo(
         shape=tuple(int(n) for n in data.shape),
-        affine=np.asarray(image.affine, dtype=float),
+        affine=affine,
         dtype=data.dtype,
-        minimum=float(data.min()),
-        maximum=float(data.max()),
+        minimum=intensities.minimum,
+        maximum=intensities.maximum,
         nonzero=int(np.count_nonzero(data)),
         size=len(raw),
+        intensities=intensities,
+        geometry=tuple(nifti_header_problems(stored_header) or affine_problems(affine)),
         sha256=digest,
     )
 
 
 def image_problems(info: VolumeInfo) -> list[str]:
-    """Problems of a CT image: not 3D, or intensities that are not plausible Hounsfield units."""
+    """Problems of a CT image: not 3D, ambiguous geometry, or intensities that are not plausible Hounsfield units.
+
+    The geometry and intensity rules are those every command applies when it reads a CT
+    (:mod:`lung_tumor.data.checks`), so ``data verify`` accepts exactly what ``preprocess`` and ``predict`` accept.
+    """
     problems = []
     if len(info.shape) != 3:
         problems.append(f"image is {len(info.shape)}D {info.shape}, expected a 3D volume")
-    if not (np.isfinite(info.minimum) and np.isfinite(info.maximum)):
-        problems.append("intensities contain NaN or infinite values")
-    elif info.minimum < HU_FLOOR or info.maximum > HU_CEILING:
-        problems.append(
-            f"intensities {info.minimum:g}..{info.maximum:g} outside [{HU_FLOOR}, {HU_CEILING}]: not CT in HU"
-        )
-    elif info.minimum >= AIR_BELOW:
-        problems.append(
-            f"intensities {info.minimum:g}..{info.maximum:g} contain no air (min >= {AIR_BELOW}): "
-            "not CT in HU (normalised?)"
-        )
+    problems += info.geometry
+    problems += intensity_problems(info.intensities)
     return problems
 
 
 def label_problems(label: VolumeInfo, image: VolumeInfo | None) -> list[str]:
     """Problems of a tumour label: not integer-typed, values outside {0, 1}, or another grid than the image."""
-    problems = []
+    problems = list(label.geometry)
+    if label.intensities.nonfinite:
+        problems.append(f"label has {label.intensities.nonfinite} NaN or infinite voxel(s)")
     if label.dtype.kind not in "iub":
         problems.append(f"label is stored as {label.dtype}, expected an integer type")
     if label.minimum < 0 or label.maximum > 1:

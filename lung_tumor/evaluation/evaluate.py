@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from lung_tumor.evaluation.metrics import (
 )
 from lung_tumor.io import write_atomic, write_json
 from lung_tumor.report import axial_axis
+from lung_tumor.transforms.pipeline import check_label_on_grid, load_volume
 from lung_tumor.visualize import case_pictures
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,11 @@ def select_cases(
     return chosen, description
 
 
-def _load_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        truth = np.asarray(nib.load(case.label).dataobj)
-    except Exception as err:  # nibabel raises many types for a damaged file
-        raise LungTumorError(f"not a readable NIfTI label ({err})", case.label) from None
-    if truth.shape != tuple(shape):
-        raise LungTumorError(f"label shape {truth.shape} differs from its image's {tuple(shape)}", case.label)
-    return truth != 0
+def _load_truth(case: Case, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The case's label as a boolean array, through the same checks as every input (grid, values, NaN)."""
+    label = load_volume(case.label, "label")
+    check_label_on_grid(label, shape, affine, case.label)
+    return label[0].numpy() != 0
 
 
 def _cell(value: Any) -> str:
@@ -188,14 +185,14 @@ def score_cases(
         The summary (as written to ``summary.json``).
 
     Raises:
-        LungTumorError: a label is unreadable or its shape differs from the image's.
+        LungTumorError: a label is unreadable, not on its image's grid, or holds values other than 0 and 1.
     """
     output = Path(output)
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
         result = predictor.predict_file(case.image)
         mask = np.asarray(result.mask)
-        truth = _load_truth(case, mask.shape)
+        truth = _load_truth(case, mask.shape, np.asarray(result.affine))
         row = {
             "case_id": case.case_id,
             **case_metrics(mask, truth, tuple(result.spacing), tolerance_mm, both_empty_dice),

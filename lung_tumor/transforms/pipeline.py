@@ -16,6 +16,13 @@ from monai.transforms import (
 )
 
 from lung_tumor.config import PreprocessConfig
+from lung_tumor.data.checks import (
+    check_affine,
+    check_ct_intensities,
+    check_dicom_spacing,
+    check_label_values,
+    check_nifti_geometry,
+)
 from lung_tumor.errors import LungTumorError
 from lung_tumor.transforms.dictionary import CropFromSliced, ResampleInPlaned, WindowIntensityd
 
@@ -31,8 +38,12 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
     instead of being copied to C order, which on a 512x512x300 scan costs more than decoding it;
     :class:`~lung_tumor.transforms.array.ResampleInPlane` reads that order directly.
 
+    Every volume passes the input checks of :mod:`lung_tumor.data.checks`, shared by every command:
+    its geometry, and for ``what="image"`` intensities that can be CT in HU (otherwise finite values).
+
     Raises:
-        LungTumorError: missing, unreadable or not a single 3D volume.
+        LungTumorError: missing, unreadable, not a single 3D volume, ambiguous or degenerate geometry,
+            or (an image) intensities that cannot be CT in Hounsfield units.
     """
     path = Path(path)
     if not path.exists():
@@ -41,7 +52,8 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
         raise LungTumorError(f"{what} folder is empty (expected a DICOM series)", path)
     reader = ITKReader() if path.is_dir() else NibabelReader()
     try:
-        array, meta = reader.get_data(reader.read(str(path)))
+        stored = reader.read(str(path))
+        array, meta = reader.get_data(stored)
     except Exception as err:  # nibabel, gzip, zlib and ITK raise many types for a corrupt file
         raise LungTumorError(f"cannot read {what}: {root_cause(err)}", path) from None
     array = np.asarray(array)
@@ -49,8 +61,17 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
         raise LungTumorError(f"{what} must be a single 3D volume, got shape {array.shape}", path)
     if min(array.shape) < 1:
         raise LungTumorError(f"{what} is empty, shape {array.shape}", path)
+    if path.is_dir():
+        check_dicom_spacing(path, meta["spacing"])
+    else:
+        check_nifti_geometry(path, type(stored.header))
+    check_affine(meta["affine"], path)
     if array.dtype == np.float64:  # scaled NIfTI data: float32 is exact enough for HU and halves the memory
         array = array.astype(np.float32)
+    if what == "image":
+        check_ct_intensities(array, path)
+    else:
+        check_label_values(array, path)
     if not array.flags.writeable:
         array = array.copy()
     meta["filename_or_obj"] = str(path)
@@ -71,11 +92,20 @@ def check_label(image: MetaTensor, label: MetaTensor, label_path: str | Path) ->
     Raises:
         LungTumorError: shape or affine mismatch, or other label values.
     """
-    if image.shape != label.shape:
+    check_label_on_grid(label, tuple(image.shape[1:]), image.affine.numpy(), label_path)
+
+
+def check_label_on_grid(label: MetaTensor, shape: tuple[int, ...], affine: np.ndarray, label_path: str | Path) -> None:
+    """Check that a label loaded by :func:`load_volume` lies on the grid ``shape``/``affine`` and holds only 0 and 1.
+
+    Raises:
+        LungTumorError: shape or affine mismatch, or other label values.
+    """
+    if tuple(label.shape[1:]) != tuple(shape):
         raise LungTumorError(
-            f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}", label_path
+            f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(shape)}", label_path
         )
-    if not np.allclose(image.affine.numpy(), label.affine.numpy(), atol=1e-3):
+    if not np.allclose(np.asarray(affine), label.affine.numpy(), atol=1e-3):
         raise LungTumorError("label affine differs from the image affine", label_path)
     values = label.as_tensor()
     if not values.is_floating_point():
