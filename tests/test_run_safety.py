@@ -242,6 +242,41 @@ def test_a_resume_whose_config_no_longer_fits_the_checkpoint_leaves_the_run_fold
     assert checksums(run_copy) == before
 
 
+def test_a_resume_that_fails_inside_the_run_before_it_starts_writes_nothing(run_copy, tmp_path, cache_dir, monkeypatch):
+    # without the check before the processes start, the corrupt checkpoint is found by MONAI's CheckpointLoader
+    # at the trainer's start: the run folder must still be as it was (no config, metadata or event file written)
+    from lung_tumor.training import trainer
+
+    monkeypatch.setattr(trainer, "check_resumable", lambda *args: None)
+    last = run_copy / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = checksums(run_copy)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the loader raises
+        trainer.train_from_config(CONFIGS / "demo.yaml", resume=True, overrides=tiny_overrides(tmp_path, cache_dir))
+    assert checksums(run_copy) == before
+
+
+def test_a_resume_that_fails_after_it_started_keeps_the_finished_runs_results(
+    run_copy, tmp_path, cache_dir, monkeypatch
+):
+    from lung_tumor.training import trainer
+
+    finished = json.loads((run_copy / "metadata.json").read_text())
+
+    def disk_full(*args: object) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", disk_full)
+    overrides = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 3})
+    with pytest.raises(OSError, match="no space left"):
+        trainer.train_from_config(CONFIGS / "demo.yaml", resume=True, overrides=overrides)
+    metadata = json.loads((run_copy / "metadata.json").read_text())
+    assert metadata["status"] == "running"
+    for key in ("best_metric", "best_metric_epoch", "best_per_case_dice", "epochs", "iterations"):
+        assert metadata[key] == finished[key], key
+    assert not (run_copy / LOCK_NAME).exists()
+
+
 def test_a_resume_keeps_the_finished_runs_metadata_until_it_writes_its_own(run_copy, tmp_path, cache_dir):
     finished = json.loads((run_copy / "metadata.json").read_text())
     overrides = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 3})
