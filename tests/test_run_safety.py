@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -358,3 +360,33 @@ def test_the_lock_refuses_a_second_holder_and_is_free_again_after_release(tmp_pa
     with folder_lock(folder):
         (folder / "kept.txt").write_text("x")
     assert sorted(p.name for p in folder.iterdir()) == ["kept.txt"]
+
+
+def test_a_forked_child_outliving_its_killed_parent_does_not_hold_the_lock(tmp_path):
+    # data-loader workers are forked from the training process; they must not keep its folder locked
+    script = f"""
+import os, sys, time
+from lung_tumor.lock import folder_lock
+with folder_lock({str(tmp_path / "run")!r}):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(LungTumorError, match="in use"), folder_lock(tmp_path / "run"):
+            pass
+        parent.kill()
+        parent.wait()
+        os.kill(child, 0)  # the child is still alive...
+        with folder_lock(tmp_path / "run"):  # ...and the folder is free
+            pass
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
