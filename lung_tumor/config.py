@@ -20,6 +20,21 @@ THIN_VOLUME_POLICIES = ("keep", "error")
 AXIAL_ORIENTATIONS = ("RAS", "LAS", "RPS", "LPS")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last in silence)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen and key != "<<":
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key=value`` into a MONAI config id (``a.b`` or ``a#b`` becomes ``a::b``) and a YAML-parsed value."""
     if "=" not in text:
@@ -50,9 +65,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise LungTumorError("config file not found", path)
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError) as err:
+        raise LungTumorError(f"cannot read it as a text file ({type(err).__name__})", path) from None
     except yaml.YAMLError as err:
-        raise LungTumorError(f"not valid YAML: {str(err).splitlines()[0]}", path) from None
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise LungTumorError(f"not valid YAML: {problem}{line}", path) from None
     if not isinstance(content, dict):
         raise LungTumorError("config must be a mapping of keys to values", path)
     check_top_level_keys(content, path)

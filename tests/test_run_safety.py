@@ -132,6 +132,19 @@ def test_bad_overrides_are_refused_in_one_line_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_section_given_twice_or_a_binary_file_is_refused_rather_than_read_in_part(tmp_path, capsys):
+    # PyYAML keeps the last of two equal keys without a word: the first training section would vanish
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((CONFIGS / "demo.yaml").read_text() + "\ntraining: {epochs: 1}\n")
+    assert main(["preprocess", "--config", str(twice)]) == 1
+    line = one_error_line(capsys)
+    assert f"{twice}: not valid YAML: key 'training' given twice in one mapping (line " in line
+    binary = tmp_path / "best.pt"
+    torch.save({"x": torch.zeros(3)}, binary)
+    assert main(["train", "--config", str(binary)]) == 1
+    assert f"{binary}: cannot read it as a text file" in one_error_line(capsys)
+
+
 def test_a_variable_of_ones_own_is_accepted_when_the_config_refers_to_it(tmp_path):
     content = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
     content["base_lr"] = 0.01

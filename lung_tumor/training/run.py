@@ -7,6 +7,13 @@ A run of fold ``K`` (or ``all``: every case, no validation) lives in ``<output_d
     checkpoints/best.pt  state dicts at the best validation Dice
     checkpoints/last.pt  state dicts at the end of the latest epoch (or where the run stopped)
     tensorboard/         event files
+    .lung_tumor.lock     while a ``train`` runs: its lock (:mod:`lung_tumor.lock`), removed when it ends
+
+``load_trained_model`` recomputes the hash of ``config.yaml`` and refuses a run whose ``config.yaml`` no longer
+matches ``metadata.json``'s ``config_hash``: its checkpoints were trained with the original. A folder without
+``metadata.json`` (made by hand) is used with a warning. ``train --resume`` loads ``last.pt`` into the config's
+network and optimizer before any process starts, and the run writes nothing until its checkpoint is loaded, so a
+resume that fails at its start leaves the folder byte for byte as it was.
 """
 
 from __future__ import annotations
