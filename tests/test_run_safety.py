@@ -348,6 +348,21 @@ def test_a_comparison_of_a_fold_is_refused_while_another_holds_it(tmp_path, cach
     assert not (tmp_path / "runs" / "compare" / "unet2d").exists()
 
 
+def test_compare_does_not_reuse_a_finished_run_trained_with_other_settings(tmp_path, cache_dir, capsys):
+    command = ["compare", "--config", str(CONFIGS / "demo.yaml"), "--networks", "unet2d", "--fold", "0"]
+    overrides = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 1})
+    assert main([*command, *sets(overrides)]) == 0
+    run_dir = tmp_path / "runs" / "compare" / "unet2d" / "fold_0"
+    before = checksums(run_dir)
+    assert main([*command, *sets(overrides)]) == 0  # the same settings: reused, not retrained
+    assert checksums(run_dir) == before
+    capsys.readouterr()
+    longer = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 2})
+    assert main([*command, *sets(longer)]) == 1
+    assert f"{run_dir}: this finished run was trained with another config" in one_error_line(capsys)
+    assert checksums(run_dir) == before
+
+
 def test_two_preprocess_runs_on_one_cache_the_second_refused(tmp_path, capsys):
     root = tmp_path / "data"
     write_case(root, "lung_001", 16, (slice(30, 40), slice(50, 60), slice(8, 12)), seed=0)

@@ -17,7 +17,7 @@ from lung_tumor.data.manifest import ALL_FOLD, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json
 from lung_tumor.lock import folder_lock
-from lung_tumor.training.run import run_folder
+from lung_tumor.training.run import run_folder, saved_config_hash
 from lung_tumor.training.trainer import train_from_config
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ def compare_networks(
             metadata_path = run_dir / "metadata.json"
             metadata = _read_metadata(metadata_path)
             if metadata.get("status") == "finished":
+                parser["fold"] = fold
+                if metadata.get("config_hash") not in (None, saved_config_hash(parser.get())):
+                    raise LungTumorError(
+                        "this finished run was trained with another config than the comparison's (network, "
+                        "overrides); move it away to retrain it, or compare into another output_dir",
+                        run_dir,
+                    )
                 log.info("compare: reusing the finished run of %s in %s", name, run_dir)
             else:
                 resume = (run_dir / "checkpoints" / "last.pt").is_file()
