@@ -418,3 +418,18 @@ with folder_lock({str(tmp_path / "run")!r}):
         parent.kill()
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_spawned_ranks_run_under_the_launchers_lock(tmp_path, cache_dir):
+    from lung_tumor.training.trainer import train_from_config
+
+    overrides = tiny_overrides(tmp_path, cache_dir, **{"training.epochs": 1})
+    run_dir = tmp_path / "runs" / "unet2d" / "fold_0"
+    with folder_lock(run_dir), pytest.raises(LungTumorError, match="run folder is in use"):
+        train_from_config(CONFIGS / "demo.yaml", overrides=overrides, nproc_per_node=2, backend="gloo")
+    assert not (tmp_path / "runs").exists()
+    metadata = train_from_config(CONFIGS / "demo.yaml", overrides=overrides, nproc_per_node=2, backend="gloo")
+    assert metadata["world_size"] == 2 and metadata["status"] == "finished"
+    assert metadata["config_hash"] == saved_config_hash(load_config(run_dir / "config.yaml").get())
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metadata.json", "tensorboard"]
