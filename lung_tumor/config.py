@@ -154,7 +154,10 @@ def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, CONFIG_SECTIONS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     known = ", ".join(k for k in CONFIG_SECTIONS if not k.startswith("_"))
-    return f"unknown top-level key {key!r}{hint}; known keys: {known}; a key of your own must be used as @{key}"
+    return (
+        f"unknown top-level key {key!r}{hint}; known keys: {known}; "
+        f"a key of your own is allowed where the config uses it as @{key}"
+    )
 
 
 def _references(content: Any) -> set[str]:
