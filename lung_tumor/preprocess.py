@@ -27,6 +27,7 @@ from lung_tumor.config import PreprocessConfig, config_hash, load_config
 from lung_tumor.data.msd import Case, list_cases
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json, write_npy
+from lung_tumor.lock import folder_lock
 from lung_tumor.transforms.pipeline import apply_transforms, check_label, load_volume, preprocess_transforms
 
 log = logging.getLogger(__name__)
@@ -214,22 +215,27 @@ def preprocess_dataset(
             if path is not None and not path.exists():
                 raise LungTumorError("file listed in dataset.json not found", path)
 
-    keys = {c.case_id: case_key(c, cfg) for c in all_cases}
-    todo = [c for c in all_cases if not is_finished(cache_dir / "cases" / c.case_id, keys[c.case_id])]
-    log.info(
-        "preprocess: %d cases, %d already cached, %d to do -> %s",
-        len(all_cases),
-        len(all_cases) - len(todo),
-        len(todo),
-        cache_dir,
-    )
-    with tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress) as bar:
-        run_cases(todo, cfg, cache_dir, keys, bar)
-    metas = [json.loads((cache_dir / "cases" / c.case_id / "meta.json").read_text()) for c in all_cases]
-    summary = write_index(cache_dir, cfg, metas)
-    log.info(
-        "preprocess: %d slices (%d with tumour) in %s", summary["num_slices"], summary["num_tumour_slices"], cache_dir
-    )
+    # one writer per cache: two runs with different settings would mix their arrays under one case's key
+    with folder_lock(cache_dir, what="slice cache"):
+        keys = {c.case_id: case_key(c, cfg) for c in all_cases}
+        todo = [c for c in all_cases if not is_finished(cache_dir / "cases" / c.case_id, keys[c.case_id])]
+        log.info(
+            "preprocess: %d cases, %d already cached, %d to do -> %s",
+            len(all_cases),
+            len(all_cases) - len(todo),
+            len(todo),
+            cache_dir,
+        )
+        with tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress) as bar:
+            run_cases(todo, cfg, cache_dir, keys, bar)
+        metas = [json.loads((cache_dir / "cases" / c.case_id / "meta.json").read_text()) for c in all_cases]
+        summary = write_index(cache_dir, cfg, metas)
+        log.info(
+            "preprocess: %d slices (%d with tumour) in %s",
+            summary["num_slices"],
+            summary["num_tumour_slices"],
+            cache_dir,
+        )
     return cache_dir
 
 

@@ -16,7 +16,8 @@ from lung_tumor.config import load_config
 from lung_tumor.data.manifest import ALL_FOLD, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json
-from lung_tumor.training.run import run_folder
+from lung_tumor.lock import folder_lock
+from lung_tumor.training.run import run_folder, saved_config_hash
 from lung_tumor.training.trainer import train_from_config
 
 log = logging.getLogger(__name__)
@@ -87,37 +88,60 @@ def compare_networks(
     fold = parse_fold(fold if fold is not None else load_config(config, overrides).get("fold", 0))
     if fold == ALL_FOLD:
         raise LungTumorError("compare scores the networks on a fold's validation cases; fold all has none")
-    rows = []
-    for name, parser in parsers.items():
-        run_dir = run_folder(parser, fold)
-        metadata_path = run_dir / "metadata.json"
-        metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-        if metadata.get("status") == "finished":
-            log.info("compare: reusing the finished run of %s in %s", name, run_dir)
-        else:
-            resume = (run_dir / "checkpoints" / "last.pt").is_file()
-            log.info("compare: %s %s", "resuming" if resume else "training", name)
-            metadata = train_from_config(parser, fold=fold, resume=resume)
-        rows.append(
-            {
-                "network": name,
-                "parameters": metadata["parameters"],
-                "dice_mean": round(float(metadata["best_metric"]), 4),
-                "best_epoch": metadata["best_metric_epoch"],
-                "epochs": metadata["epochs"],
-                "seconds_per_epoch": metadata.get("seconds_per_epoch"),
-                "run_dir": str(run_dir),
-            }
-        )
     output_dir = Path(load_config(config, overrides)["output_dir"]) / "compare"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(output_dir / f"fold_{fold}.csv", lambda stream: stream.write(buffer.getvalue()))
-    write_json(output_dir / f"fold_{fold}.json", {"fold": fold, "networks": rows})
+    # one compare per fold at a time: it decides from each run's metadata whether to train, resume or reuse it,
+    # and writes the fold's table (each run folder has its own lock as well)
+    with folder_lock(output_dir, name=f".fold_{fold}.lock", what=f"comparison of fold {fold}"):
+        rows = []
+        for name, parser in parsers.items():
+            run_dir = run_folder(parser, fold)
+            metadata_path = run_dir / "metadata.json"
+            metadata = _read_metadata(metadata_path)
+            if metadata.get("status") == "finished":
+                parser["fold"] = fold
+                if metadata.get("config_hash") not in (None, saved_config_hash(parser.get())):
+                    raise LungTumorError(
+                        "this finished run was trained with another config than the comparison's (network, "
+                        "overrides); move it away to retrain it, or compare into another output_dir",
+                        run_dir,
+                    )
+                log.info("compare: reusing the finished run of %s in %s", name, run_dir)
+            else:
+                resume = (run_dir / "checkpoints" / "last.pt").is_file()
+                log.info("compare: %s %s", "resuming" if resume else "training", name)
+                metadata = train_from_config(parser, fold=fold, resume=resume)
+            rows.append(
+                {
+                    "network": name,
+                    "parameters": metadata["parameters"],
+                    "dice_mean": round(float(metadata["best_metric"]), 4),
+                    "best_epoch": metadata["best_metric_epoch"],
+                    "epochs": metadata["epochs"],
+                    "seconds_per_epoch": metadata.get("seconds_per_epoch"),
+                    "run_dir": str(run_dir),
+                }
+            )
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(output_dir / f"fold_{fold}.csv", lambda stream: stream.write(buffer.getvalue()))
+        write_json(output_dir / f"fold_{fold}.json", {"fold": fold, "networks": rows})
     log.info("comparison on fold %d (written to %s):\n%s", fold, output_dir / f"fold_{fold}.csv", format_table(rows))
     return rows
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    """A run's ``metadata.json``, or ``{}`` when there is none yet."""
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LungTumorError(f"unreadable ({type(err).__name__})", path) from None
+    if not isinstance(content, dict):
+        raise LungTumorError("not a run's metadata (a JSON object)", path)
+    return content
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

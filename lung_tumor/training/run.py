@@ -7,10 +7,19 @@ A run of fold ``K`` (or ``all``: every case, no validation) lives in ``<output_d
     checkpoints/best.pt  state dicts at the best validation Dice
     checkpoints/last.pt  state dicts at the end of the latest epoch (or where the run stopped)
     tensorboard/         event files
+    .lung_tumor.lock     while a ``train`` runs: its lock (:mod:`lung_tumor.lock`), removed when it ends
+
+``load_trained_model`` recomputes the hash of ``config.yaml`` and refuses a run whose ``config.yaml`` no longer
+matches ``metadata.json``'s ``config_hash``: its checkpoints were trained with the original. A folder without
+``metadata.json`` (made by hand) is used with a warning. ``train --resume`` loads ``last.pt`` into the config's
+network and optimizer before any process starts, and the run writes nothing until its checkpoint is loaded, so a
+resume that fails at its start leaves the folder byte for byte as it was.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +31,12 @@ import yaml
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 
-from lung_tumor.config import load_config
+from lung_tumor.config import config_hash, load_config
 from lung_tumor.data.manifest import ALL_FOLD
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("best", "last")
 
@@ -46,9 +57,23 @@ def run_folder(config: ConfigParser, fold: int | str) -> Path:
     return Path(output_dir) / str(config.get("run_name", "unet2d")) / f"fold_{fold}"
 
 
+def config_text(content: dict[str, Any]) -> str:
+    """A config's content as the plain YAML of ``config.yaml``."""
+    return yaml.safe_dump(content, sort_keys=False, allow_unicode=True)
+
+
+def saved_config_hash(content: dict[str, Any]) -> str:
+    """The hash of ``content`` as ``config.yaml`` holds it: what :func:`load_trained_model` recomputes and checks.
+
+    It is taken after the YAML round trip, so that whatever YAML changes in writing and reading back (a tuple
+    becoming a list) cannot make an untouched ``config.yaml`` look edited.
+    """
+    return config_hash(yaml.safe_load(config_text(content)))
+
+
 def save_config(config: ConfigParser, path: Path) -> None:
     """Save the config content (overrides applied) as plain YAML that ``load_config`` reads back."""
-    text = yaml.safe_dump(config.get(), sort_keys=False)
+    text = config_text(config.get())
     write_atomic(path, lambda stream: stream.write(text))
 
 
@@ -162,12 +187,14 @@ def load_trained_model(
         The network and the run's config (``network_def``, ``context_slices``, ``preprocess``...).
 
     Raises:
-        LungTumorError: the folder, its ``config.yaml`` or the checkpoint is missing or unreadable.
+        LungTumorError: the folder, its ``config.yaml`` or the checkpoint is missing or unreadable, ``config.yaml``
+            was edited after training, or the checkpoint does not fit the network of ``config.yaml``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LungTumorError("run folder not found", run_dir)
     config = load_config(run_dir / "config.yaml")
+    check_config_unchanged(run_dir, config)
     if checkpoint == "best" and config.get("fold") == ALL_FOLD:  # trained without validation: its model is the last
         checkpoint = "last"
     path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
@@ -177,6 +204,46 @@ def load_trained_model(
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated or foreign file: one line for the user
         raise LungTumorError(f"cannot read checkpoint ({type(err).__name__})", path) from None
-    network = config.get_parsed_content("network_def", instantiate=True)
-    network.load_state_dict(state["network"])
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise LungTumorError("not a lung-tumor checkpoint (it holds no network state)", path)
+    try:
+        network = config.get_parsed_content("network_def", instantiate=True)
+    except Exception as err:
+        raise LungTumorError(
+            f"network_def: cannot build it ({str(err).splitlines()[0]})", run_dir / "config.yaml"
+        ) from None
+    try:
+        network.load_state_dict(state["network"])
+    except RuntimeError as err:  # missing or unexpected keys, or a size mismatch
+        detail = " ".join(str(err).split())[:300]
+        raise LungTumorError(
+            f"checkpoint does not fit the network_def {type(network).__name__} of config.yaml ({detail})", path
+        ) from None
     return network.to(device).eval(), config
+
+
+def check_config_unchanged(run_dir: Path, config: ConfigParser) -> None:
+    """Refuse a run whose ``config.yaml`` no longer hashes to the ``config_hash`` its ``metadata.json`` recorded.
+
+    The checkpoints were trained with the recorded config: an edited pixel size, window or network would give a
+    different, wrong result with them. A folder without ``metadata.json`` (made by hand) is used with a warning.
+
+    Raises:
+        LungTumorError: ``config.yaml`` was edited after training, or ``metadata.json`` is unreadable.
+    """
+    metadata_path = run_dir / "metadata.json"
+    if not metadata_path.is_file():
+        log.warning("%s: no metadata.json, so config.yaml cannot be checked against the trained one", run_dir)
+        return
+    try:
+        recorded = json.loads(metadata_path.read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError) as err:
+        raise LungTumorError(f"unreadable ({type(err).__name__})", metadata_path) from None
+    if recorded is None:
+        log.warning("%s records no config_hash: config.yaml cannot be checked against the trained one", metadata_path)
+    elif config_hash(config.get()) != recorded:
+        raise LungTumorError(
+            "edited after training: it no longer matches the config_hash in metadata.json, and the checkpoints "
+            "were trained with the original; restore it, or train a new run with the new settings",
+            run_dir / "config.yaml",
+        )

@@ -7,13 +7,13 @@ is described in :mod:`lung_tumor.training.run`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 import lung_tumor
 from lung_tumor.cache import SliceCache, SliceDataset
-from lung_tumor.config import config_hash, load_config
+from lung_tumor.config import TrainingConfig, load_config, validate_config
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
+from lung_tumor.lock import folder_lock
 from lung_tumor.training.data import (
     SeededDraws,
     VolumeDataset,
@@ -68,6 +69,7 @@ from lung_tumor.training.run import (
     run_folder,
     save_checkpoint,
     save_config,
+    saved_config_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -76,64 +78,6 @@ KEY_METRIC = "val_dice"
 # MONAI's StatsHandler gives a logger it creates its own console handler and stops it propagating,
 # so the epoch statistics use a logger of their own rather than this module's
 STATS_LOGGER = "lung_tumor.training.stats"
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The ``training`` section.
-
-    Args:
-        epochs: maximum number of epochs.
-        batch_size: slices per step and process.
-        samples_per_epoch: slices drawn per epoch over all processes (default: the number of training slices).
-        num_workers: data-loader worker processes per training process.
-        amp: mixed precision: float16 on a GPU (MONAI's engines); bfloat16 on a CPU that computes it natively
-            (AVX512-BF16 or AMX), otherwise float32.
-        max_iterations: stop after this many steps in all (for tests and CI); the run can be resumed.
-        max_minutes: wall-clock budget; the run stops after the step that exceeds it.
-        validation_interval: validate every this many epochs (and always where the run stops).
-        slices_per_batch: slices per forward pass when inferring validation volumes.
-        threshold: probability above which a pixel is tumour, for validation metrics.
-        tensorboard_images: validation cases shown as (CT, truth, prediction) images in TensorBoard.
-    """
-
-    epochs: int = 30
-    batch_size: int = 8
-    samples_per_epoch: int | None = None
-    num_workers: int = 2
-    amp: bool = True
-    max_iterations: int | None = None
-    max_minutes: float | None = None
-    validation_interval: int = 1
-    slices_per_batch: int = 32
-    threshold: float = 0.5
-    tensorboard_images: int = 2
-
-    def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "validation_interval", "slices_per_batch")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LungTumorError(f"training.{name} must be an integer >= 1, got {value!r}")
-        for name in ("samples_per_epoch", "max_iterations"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise LungTumorError(f"training.{name} must be an integer >= 1 or null, got {value!r}")
-        if self.max_minutes is not None and not (isinstance(self.max_minutes, int | float) and self.max_minutes > 0):
-            raise LungTumorError(f"training.max_minutes must be a positive number or null, got {self.max_minutes!r}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise LungTumorError(f"training.num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if not 0 < self.threshold < 1:
-            raise LungTumorError(f"training.threshold must be in (0, 1), got {self.threshold!r}")
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any] | None) -> TrainingConfig:
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise LungTumorError(f"training: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**section)
 
 
 def train_from_config(
@@ -163,27 +107,83 @@ def train_from_config(
     Raises:
         LungTumorError: bad config values, missing slice cache, or ``resume`` without a checkpoint.
     """
-    parser = config if isinstance(config, ConfigParser) else load_config(config, overrides)
+    if isinstance(config, ConfigParser):
+        parser = config
+        validate_config(parser, getattr(parser, "config_path", None))
+    else:
+        parser = load_config(config, overrides)
     fold = parse_fold(fold if fold is not None else parser.get("fold", 0))
     parser["fold"] = fold
-    TrainingConfig.from_dict(parser.get("training"))  # fail early, before any process starts
+    # everything the processes will build is built once here, so that a bad value fails before any process starts
+    # and before the run folder is touched
     run_dir = run_folder(parser, fold)
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume and not last.is_file():
-        raise LungTumorError("cannot resume: no checkpoints/last.pt in the run folder", run_dir)
-    if not resume and last.is_file():
-        raise LungTumorError("run folder already has a checkpoint; pass --resume or choose --set run_name=...", run_dir)
-    cache = SliceCache(_cache_dir(parser))  # a missing cache is reported here, before any process starts
-    _check_network_accepts(parser, cache.preprocess.image_size)
+    cache = SliceCache(_cache_dir(parser))
+    network = _check_network_accepts(parser, cache.preprocess.image_size)
+    build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
+    sampler = _sampler_section(parser)
+    tumour_weights([True, False], sampler.get("tumour_weight"), sampler.get("tumour_fraction"))
+    build_loss(parser.get("loss"))
+    optimizer = build_optimizer(parser, network.parameters())
+    scheduler = build_scheduler(parser, optimizer)
     distributed = (nproc_per_node or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if backend is None and distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
-        parallel.run(_train_process, parser.get(), resume)
-    return _read_json(run_dir / "metadata.json")
+    # the launching process holds the run folder for the whole run (spawned ranks included); under torchrun,
+    # where every rank launches itself, global rank 0 does (torchrun stops the others if it refuses)
+    holds_lock = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(run_dir, what="run folder") if holds_lock else contextlib.nullcontext():
+        last = run_dir / "checkpoints" / "last.pt"
+        if resume and not last.is_file():
+            raise LungTumorError("cannot resume: no checkpoints/last.pt in the run folder", run_dir)
+        if not resume and last.is_file():
+            raise LungTumorError(
+                "run folder already has a checkpoint; pass --resume or choose --set run_name=...", run_dir
+            )
+        if resume:
+            check_resumable(run_dir, network, optimizer, scheduler)
+        with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
+            parallel.run(_train_process, parser.get(), resume)
+        return _read_json(run_dir / "metadata.json")
 
 
-def _check_network_accepts(parser: ConfigParser, image_size: int) -> None:
+def check_resumable(
+    run_dir: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None
+) -> None:
+    """Load ``checkpoints/last.pt`` into freshly built objects, so that a resume that cannot work fails first.
+
+    Raises:
+        LungTumorError: ``last.pt`` is unreadable, lacks a part, or does not fit the config's network, optimizer
+            or scheduler; or ``metadata.json`` is unreadable.
+    """
+    last = run_dir / "checkpoints" / "last.pt"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt or foreign: one line, and the run folder stays as it was
+        raise LungTumorError(f"cannot resume: checkpoint unreadable ({type(err).__name__})", last) from None
+    parts = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "trainer": None, "run_state": None}
+    for name, target in parts.items():
+        if target is None and name == "scheduler":
+            continue
+        if not isinstance(state, dict) or name not in state:
+            raise LungTumorError(f"cannot resume: checkpoint has no {name} state", last)
+        if target is not None:
+            try:
+                target.load_state_dict(state[name])
+            except Exception as err:
+                raise LungTumorError(
+                    f"cannot resume: checkpoint's {name} state does not fit the config's {name} "
+                    f"({str(err).splitlines()[0][:200]})",
+                    last,
+                ) from None
+    metadata = run_dir / "metadata.json"
+    if metadata.is_file():
+        try:
+            _read_json(metadata)
+        except (OSError, ValueError) as err:
+            raise LungTumorError(f"cannot resume: unreadable ({type(err).__name__})", metadata) from None
+
+
+def _check_network_accepts(parser: ConfigParser, image_size: int) -> torch.nn.Module:
     """Build ``network_def`` once and pass a batch of cache-sized slices through it, before any process starts.
 
     MONAI's ``UNet`` and ``AttentionUnet``, for instance, need sizes divisible by the product of their strides;
@@ -208,6 +208,7 @@ def _check_network_accepts(parser: ConfigParser, image_size: int) -> None:
             f"network_def {type(network).__name__} maps {image_size}x{image_size} slices to "
             f"{tuple(out.shape[-2:])}; the output must keep the slice size"
         )
+    return network
 
 
 def _cache_dir(parser: ConfigParser) -> Path:
@@ -232,6 +233,44 @@ def _build_callable(parser: ConfigParser, key: str) -> Any:
     if not callable(factory):
         raise LungTumorError(f"{key}: expected a mapping with _target_ and '_mode_: callable'")
     return factory
+
+
+def build_optimizer(parser: ConfigParser, parameters: Any) -> torch.optim.Optimizer:
+    """The config's ``optimizer`` over ``parameters`` (Adam at 1e-4 without one).
+
+    Raises:
+        LungTumorError: the optimizer refuses its arguments, or its learning rate is not positive.
+    """
+    factory = _build_callable(parser, "optimizer")
+    if factory is None:
+        return torch.optim.Adam(parameters, lr=1e-4)
+    try:
+        optimizer = factory(parameters)
+    except Exception as err:  # torch's own checks: a negative lr, betas out of range, an unknown argument
+        raise LungTumorError(f"optimizer: cannot build it ({str(err).splitlines()[0]})") from None
+    lr = optimizer.param_groups[0].get("lr")
+    if not isinstance(lr, int | float | torch.Tensor) or not float(lr) > 0:
+        raise LungTumorError(f"optimizer.lr must be a positive number, got {lr!r}")
+    return optimizer
+
+
+def build_scheduler(parser: ConfigParser, optimizer: torch.optim.Optimizer) -> Any | None:
+    """The config's ``scheduler`` on ``optimizer``, or ``None`` without one.
+
+    Raises:
+        LungTumorError: the scheduler refuses its arguments.
+    """
+    factory = _build_callable(parser, "scheduler")
+    if factory is None:
+        return None
+    try:
+        return factory(optimizer)
+    except Exception as err:
+        raise LungTumorError(f"scheduler: cannot build it ({str(err).splitlines()[0]})") from None
+
+
+def _sampler_section(parser: ConfigParser) -> dict[str, Any]:
+    return parser.get_parsed_content("sampler", default=None) or {"tumour_weight": 1.0}
 
 
 class _RunState:
@@ -309,10 +348,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
 
     augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
     train_ds = SliceDataset(cache, train_cases, context=context, transform=augmentation)
-    sampler_cfg = parser.get("sampler") or {"tumour_weight": 1.0}
-    unknown = sorted(set(sampler_cfg) - {"tumour_weight", "tumour_fraction"})
-    if unknown:
-        raise LungTumorError(f"sampler: unknown key(s) {unknown}; use tumour_weight or tumour_fraction")
+    sampler_cfg = _sampler_section(parser)
     weights = tumour_weights(
         train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
     )
@@ -334,14 +370,8 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     num_parameters = sum(p.numel() for p in network.parameters())
     single_network = network
     network = idist.auto_model(network)
-    optimizer_factory = _build_callable(parser, "optimizer")
-    if optimizer_factory is None:
-        optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-    else:
-        optimizer = optimizer_factory(network.parameters())
-    optimizer = idist.auto_optim(optimizer)
-    scheduler_factory = _build_callable(parser, "scheduler")
-    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
+    optimizer = idist.auto_optim(build_optimizer(parser, network.parameters()))
+    scheduler = build_scheduler(parser, optimizer)
     amp = settings.amp and cuda
     # on a CPU, amp means bfloat16 autocast where the CPU computes it natively (MONAI autocasts on CUDA only)
     cpu_bf16 = settings.amp and device.type == "cpu" and cpu_bf16_supported()
@@ -439,7 +469,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     writer = None
     if writer_rank:
         StatsHandler(name=STATS_LOGGER, iteration_log=False, tag_name="train_loss").attach(trainer)
-        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        writer = _DeferredWriter(run_dir / "tensorboard")
         TensorBoardStatsHandler(summary_writer=writer, iteration_log=False).attach(trainer)
         if evaluator is not None:
             StatsHandler(
@@ -456,8 +486,6 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         def _save_last(engine: Any) -> None:
             save_checkpoint(checkpoint_dir / "last.pt", checkpoint_objects)
 
-        save_config(parser, run_dir / "config.yaml")
-
     metadata = {
         "versions": {
             "lung_tumor": lung_tumor.__version__,
@@ -466,7 +494,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
             "ignite": ignite.__version__,
             "python": platform.python_version(),
         },
-        "config_hash": config_hash(parser.get()),
+        "config_hash": saved_config_hash(parser.get()),
         "fold": fold,
         "cache_dir": str(cache_dir),
         "train_cases": train_cases,
@@ -481,9 +509,9 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "device": str(device),
         "amp": "float16" if amp else "bfloat16" if cpu_bf16 else False,
     }
+    # a resumed run keeps what metadata.json recorded before (best metric, epochs) until it writes its own
+    previous = _read_json(run_dir / "metadata.json") if resume and (run_dir / "metadata.json").is_file() else {}
     started = time.monotonic()
-    if writer_rank:
-        write_json(run_dir / "metadata.json", {**metadata, "status": "running"})
     log.info(
         "training %s on fold %s: %d training cases (%d slices, %d with tumour), %d validation cases, %d parameters",
         metadata["network"],
@@ -496,10 +524,13 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     )
     start_iteration = 0
 
-    @trainer.on(Events.STARTED)
+    @trainer.on(Events.STARTED)  # after CheckpointLoader: a resume writes nothing until its checkpoint is loaded
     def _note_start(engine: Any) -> None:
         nonlocal start_iteration
         start_iteration = engine.state.iteration
+        if writer_rank:
+            save_config(parser, run_dir / "config.yaml")
+            write_json(run_dir / "metadata.json", {**previous, **metadata, "status": "running"})
 
     try:
         trainer.run()
@@ -520,7 +551,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
             seconds=round(elapsed, 1),
             seconds_per_epoch=round(elapsed / epochs_run, 2) if epochs_run > 0 else None,
         )
-        write_json(run_dir / "metadata.json", metadata)
+        write_json(run_dir / "metadata.json", {**previous, **metadata})
         if val_cases:
             log.info(
                 "best validation Dice %.4f at epoch %d; run folder %s",
@@ -531,6 +562,23 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         else:
             log.info("finished without validation (fold %s); run folder %s", fold, run_dir)
     idist.barrier()
+
+
+class _DeferredWriter:
+    """A TensorBoard ``SummaryWriter`` created at its first use, so that a run failing at its start writes no file."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._writer: SummaryWriter | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self._log_dir))
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _loss_value(output: dict[str, Any]) -> float:
