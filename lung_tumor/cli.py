@@ -15,6 +15,8 @@ from lung_tumor.errors import LungTumorError
 
 log = logging.getLogger("lung_tumor")
 
+OVERWRITE_HELP = "replace existing output files that lung-tumor did not write (an input is never replaced)"
+
 
 def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
@@ -68,7 +70,15 @@ def _predict(args: argparse.Namespace) -> None:
         lung_mask=args.lung_mask,
         save_probabilities=args.probabilities,
         report=not args.no_report,
+        overwrite=args.overwrite,
+        fail_fast=args.fail_fast,
+        on_error=_print_error,
     )
+
+
+def _print_error(err: LungTumorError) -> None:
+    """One failing input of a batch: the same one line as a fatal error, and the batch goes on."""
+    print(f"lung-tumor: error: {err}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -151,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
     p.add_argument("--probabilities", action="store_true", help="also write the probability map")
     p.add_argument("--no-report", action="store_true", help="skip the tumour spread report")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first scan that fails (default: go on)")
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")
