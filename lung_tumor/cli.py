@@ -77,8 +77,10 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _print_error(err: LungTumorError) -> None:
-    """One failing input of a batch: the same one line as a fatal error, and the batch goes on."""
-    print(f"lung-tumor: error: {err}", file=sys.stderr)
+    """One failing input of a batch: the same one line as a fatal error (above the progress bar); the batch goes on."""
+    from tqdm import tqdm
+
+    tqdm.write(f"lung-tumor: error: {err}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
