@@ -21,7 +21,9 @@ OVERWRITE_HELP = "replace existing output files that lung-tumor did not write (a
 def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
 
-    synthesize_dataset(args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases)
+    synthesize_dataset(
+        args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, overwrite=args.overwrite
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -94,13 +96,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         output=args.output,
         pictures=not args.no_pictures,
         all_cases=args.all,
+        overwrite=args.overwrite,
     )
 
 
 def _visualize(args: argparse.Namespace) -> None:
     from lung_tumor.visualize import visualize_command
 
-    visualize_command(image=args.image, label=args.label, prediction=args.prediction, run=args.run, output=args.output)
+    visualize_command(
+        image=args.image,
+        label=args.label,
+        prediction=args.prediction,
+        run=args.run,
+        output=args.output,
+        overwrite=args.overwrite,
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_synth)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -176,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every labelled case of --data (a held-out test set)")
     p.add_argument("--output", type=Path, default=None)
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("visualize", help="PNG overlays, montages and training curves")
@@ -184,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", type=Path, default=None)
     p.add_argument("--run", type=Path, default=None, help="run folder: plot its training curves")
     p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_visualize)
 
     p = commands.add_parser("demo", help="the whole job on synthetic data: synth, preprocess, train, evaluate, predict")

@@ -138,8 +138,9 @@ class OutputPlan:
         for path in self.files:
             self._check_not_input(path, inputs, input_folders)
         folders = list(dict.fromkeys([*self.folders, *(p.parent for p in self.files)]))
+        probed: set[Path] = set()
         for folder in folders:
-            self._check_folder(folder, inputs, input_folders)
+            self._check_folder(folder, inputs, input_folders, probed)
         for path, vouched_by in self.files.items():
             if path.is_dir():
                 raise LungTumorError("exists as a folder; a file is needed here", path)
@@ -161,7 +162,9 @@ class OutputPlan:
                 raise LungTumorError(f"lies inside the input folder {original}; outputs never go into an input", path)
 
     @staticmethod
-    def _check_folder(folder: Path, inputs: list[tuple[Path, Path]], input_folders: list[tuple[Path, Path]]) -> None:
+    def _check_folder(
+        folder: Path, inputs: list[tuple[Path, Path]], input_folders: list[tuple[Path, Path]], probed: set[Path]
+    ) -> None:
         resolved = _resolved(folder)
         for original, target in inputs:
             if resolved == target and not target.is_dir():
@@ -174,11 +177,14 @@ class OutputPlan:
             existing = existing.parent
         if not existing.is_dir():
             raise LungTumorError("exists as a file; a folder is needed here", existing)
+        if existing in probed:
+            return
         try:
             _probe_folder(existing)
         except OSError as err:
             where = "" if existing == folder else f" (in {existing})"
             raise LungTumorError(f"output folder cannot be written{where}: {err.strerror or err}", folder) from None
+        probed.add(existing)
 
 
 __all__ = ["GENERATOR", "OutputPlan", "marker", "written_by_lung_tumor"]
