@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 from lung_tumor.cli import main
+from lung_tumor.config import PreprocessConfig
+from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.errors import LungTumorError
 from lung_tumor.io import STALE_AFTER_S, remove_stale_temporaries, temporary_prefix
 from lung_tumor.outputs import written_by_lung_tumor
+from lung_tumor.preprocess import preprocess_dataset
+from tests.test_evaluate import write_dataset
 from tests.test_inference import ORIENTATIONS, SOFT_TISSUE_HU, chest, dice, make_run, save, write_bad
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +280,9 @@ def save_then_die(image, path):
 
 nibabel.save = save_then_die
 from lung_tumor.cli import main
+from lung_tumor.config import PreprocessConfig
+from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.errors import LungTumorError
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -299,3 +307,66 @@ def test_a_prediction_killed_during_its_write_reruns_cleanly(tmp_path: Path, cap
     assert_mask(out / "lung_001.nii.gz")
     assert_mask(out / "lung_002.nii.gz")
     assert checksums(folder) == before
+
+
+def test_evaluate_refuses_a_foreign_summary_and_reruns_over_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = make_run(tmp_path / "run")
+    write_dataset(tmp_path / "data", count=2)
+    before = checksums(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"dice": 0.9}\n')  # someone's earlier results
+    command = ["evaluate", "--run", str(run), "--data", str(tmp_path / "data"), "--all", "--output", str(out)]
+    capsys.readouterr()
+    assert main(command) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"lung-tumor: error: {out / 'summary.json'}: exists and was not written by lung-tumor; "
+        "pass --overwrite to replace it"
+    )
+    assert checksums(out) == {"summary.json": hashlib.sha256(b'{"dice": 0.9}\n').hexdigest()}
+    assert main([*command, "--overwrite"]) == 0
+    written = checksums(out)
+    assert {"summary.json", "per_case.csv", "pictures/synth_000_overlay.png", "pictures/synth_001_overlay.png"} <= set(
+        written
+    )
+    assert all(written_by_lung_tumor(out / name) for name in written if not name.endswith(".csv"))
+    assert main(command) == 0  # its own results, pictures included, need no --overwrite
+    assert sorted(checksums(out)) == sorted(written) and checksums(tmp_path / "data") == before
+
+
+def test_visualize_refuses_to_write_into_its_input_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_dataset(tmp_path / "data", count=1)
+    image = tmp_path / "data" / "imagesTr" / "synth_000.nii.gz"
+    before = checksums(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["visualize", "--image", str(image), "--output", str(image), "--overwrite"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"lung-tumor: error: {image}: is an input file of this command") and "\n" not in error
+    assert checksums(tmp_path / "data") == before
+
+
+def test_synth_never_overwrites_a_real_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    real = tmp_path / "Task06_Lung"
+    scans(real / "imagesTr", "lung_001.nii.gz")
+    write_dataset_json(real, ["lung_001"], [])
+    before = checksums(real)
+    capsys.readouterr()
+    assert main(["synth", "--out", str(real), "--cases", "1", "--test-cases", "0"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"lung-tumor: error: {real / 'dataset.json'}: exists and was not written by lung-tumor; "
+        "pass --overwrite to replace it"
+    )
+    assert checksums(real) == before
+
+
+def test_preprocess_refuses_a_cache_folder_that_is_an_input(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", count=1)
+    image = tmp_path / "data" / "imagesTr" / "synth_000.nii.gz"
+    before = checksums(tmp_path / "data")
+    with pytest.raises(LungTumorError, match="is an input file of this command"):
+        preprocess_dataset(tmp_path / "data", image, PreprocessConfig(), progress=False)
+    with pytest.raises(LungTumorError, match="exists as a file; a folder is needed here"):
+        preprocess_dataset(tmp_path / "data", image / "cache", PreprocessConfig(), progress=False)
+    assert checksums(tmp_path / "data") == before
