@@ -15,11 +15,15 @@ from lung_tumor.errors import LungTumorError
 
 log = logging.getLogger("lung_tumor")
 
+OVERWRITE_HELP = "replace existing output files that lung-tumor did not write (an input is never replaced)"
+
 
 def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
 
-    synthesize_dataset(args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases)
+    synthesize_dataset(
+        args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, overwrite=args.overwrite
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -68,7 +72,17 @@ def _predict(args: argparse.Namespace) -> None:
         lung_mask=args.lung_mask,
         save_probabilities=args.probabilities,
         report=not args.no_report,
+        overwrite=args.overwrite,
+        fail_fast=args.fail_fast,
+        on_error=_print_error,
     )
+
+
+def _print_error(err: LungTumorError) -> None:
+    """One failing input of a batch: the same one line as a fatal error (above the progress bar); the batch goes on."""
+    from tqdm import tqdm
+
+    tqdm.write(f"lung-tumor: error: {err}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -82,13 +96,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         output=args.output,
         pictures=not args.no_pictures,
         all_cases=args.all,
+        overwrite=args.overwrite,
     )
 
 
 def _visualize(args: argparse.Namespace) -> None:
     from lung_tumor.visualize import visualize_command
 
-    visualize_command(image=args.image, label=args.label, prediction=args.prediction, run=args.run, output=args.output)
+    visualize_command(
+        image=args.image,
+        label=args.label,
+        prediction=args.prediction,
+        run=args.run,
+        output=args.output,
+        overwrite=args.overwrite,
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -112,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_synth)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -151,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
     p.add_argument("--probabilities", action="store_true", help="also write the probability map")
     p.add_argument("--no-report", action="store_true", help="skip the tumour spread report")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first scan that fails (default: go on)")
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")
@@ -162,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every labelled case of --data (a held-out test set)")
     p.add_argument("--output", type=Path, default=None)
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("visualize", help="PNG overlays, montages and training curves")
@@ -170,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", type=Path, default=None)
     p.add_argument("--run", type=Path, default=None, help="run folder: plot its training curves")
     p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_visualize)
 
     p = commands.add_parser("demo", help="the whole job on synthetic data: synth, preprocess, train, evaluate, predict")

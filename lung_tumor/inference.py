@@ -10,6 +10,7 @@ transforms (padding, in-plane resampling, orientation), so the mask has the inpu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
+from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.report import label_in_bounding_box, lung_mask_near, tumour_report, write_report
 from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
@@ -166,17 +168,21 @@ class Predictor:
 
 
 def input_volumes(path: Path) -> list[Path]:
-    """The volumes named by ``--input``: a NIfTI file, a DICOM series folder, or a folder of NIfTI files."""
+    """The volumes named by ``--input``: a NIfTI file, a DICOM series folder, or a folder of NIfTI files.
+
+    Hidden files (``.name``, such as the temporary file of a write that was killed) are never inputs.
+    """
     if not path.exists():
         raise LungTumorError("input not found", path)
     if path.is_file():
         if not path.name.endswith(NIFTI_SUFFIXES):
             raise LungTumorError("input must be a .nii/.nii.gz file or a folder", path)
         return [path]
-    niftis = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    niftis = [p for p in visible if p.name.endswith(NIFTI_SUFFIXES)]
     if niftis:
         return niftis
-    if any(p.is_file() for p in path.iterdir()):
+    if any(p.is_file() for p in visible):
         return [path]  # a DICOM series
     raise LungTumorError("folder holds no NIfTI file and no DICOM series", path)
 
@@ -198,6 +204,40 @@ def output_paths(source: Path, output: Path | None, run_dir: Path, many: bool) -
     }
 
 
+def plan_outputs(
+    sources: list[Path],
+    output: Path | None,
+    run_dir: Path,
+    save_probabilities: bool = False,
+    report: bool = True,
+    overwrite: bool = False,
+) -> list[dict[str, Path]]:
+    """Every path ``predict`` will write for ``sources``, checked by the output policy before any work.
+
+    Returns:
+        For each source, its output paths (``mask``, and ``probability``, ``report_json``, ``report_text``
+        when written).
+
+    Raises:
+        LungTumorError: an output would replace an input or a file lung-tumor did not write, or cannot be
+            written (see :class:`lung_tumor.outputs.OutputPlan`).
+    """
+    plan = OutputPlan(inputs=sources, overwrite=overwrite)
+    planned = []
+    for source in sources:
+        paths = output_paths(source, output, run_dir, len(sources) > 1)
+        if not save_probabilities:
+            paths.pop("probability")
+        if not report:
+            paths.pop("report_json")
+            paths.pop("report_text")
+        for name, path in paths.items():
+            plan.add_file(path, vouched_by=paths["report_json"] if name == "report_text" else None, source=source)
+        planned.append(paths)
+    plan.check()
+    return planned
+
+
 def predict(
     run: str | Path,
     input: str | Path,
@@ -207,8 +247,15 @@ def predict(
     lung_mask: bool = False,
     save_probabilities: bool = False,
     report: bool = True,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    on_error: Callable[[LungTumorError], None] | None = None,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
+
+    Every output path is checked before the model is loaded (:func:`plan_outputs`). With several inputs a
+    scan that cannot be read or segmented is reported through ``on_error`` and the others go on; the
+    call then raises one error that counts the failures.
 
     Args:
         run: the training run folder.
@@ -219,37 +266,68 @@ def predict(
         lung_mask: keep only lesions in or within 10 mm of the lungs.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
         report: write the tumour spread report (``CASE_report.json`` and ``.txt``).
+        overwrite: replace existing output files that lung-tumor did not write (never an input).
+        fail_fast: stop at the first scan that fails (its error is raised).
+        on_error: called with each failing scan's error (default: log it).
 
     Returns:
-        For each input, the paths written.
+        For each input segmented, the paths written.
+
+    Raises:
+        LungTumorError: an unsafe output, an unusable run, a failing single input, or (after the batch)
+            the count of failed scans.
     """
     sources = input_volumes(Path(input))
+    planned = plan_outputs(
+        sources, None if output is None else Path(output), Path(run), save_probabilities, report, overwrite
+    )
     predictor = Predictor(run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask)
-    written = []
-    for source in tqdm(sources, desc="predict", unit="volume", disable=len(sources) < 2):
-        result = predictor.predict_file(source)
-        paths = output_paths(source, None if output is None else Path(output), Path(run), len(sources) > 1)
-        save_nifti(result.mask, result.affine, paths["mask"])
-        if save_probabilities:
-            save_nifti(result.probability, result.affine, paths["probability"])
-        else:
-            paths.pop("probability")
-        if report:
-            spread = tumour_report(result.mask, result.affine, result.image_hu)
-            spread["source"] = str(source)
-            write_report(spread, paths["report_json"], paths["report_text"])
-            log.info(
-                "%s: %d lesion(s), %.2f ml -> %s",
-                source.name,
-                spread["lesion_count"],
-                spread["total_volume_ml"],
-                paths["mask"],
-            )
-        else:
-            paths.pop("report_json")
-            paths.pop("report_text")
+    written, failed = [], []
+    for source, paths in tqdm(
+        list(zip(sources, planned, strict=True)), desc="predict", unit="volume", disable=len(sources) < 2
+    ):
+        try:
+            result = predictor.predict_file(source)
+        except LungTumorError as err:
+            if fail_fast or len(sources) == 1:
+                raise
+            (on_error or _log_error)(err)
+            failed.append(source)
+            continue
+        write_prediction(result, paths)
         written.append(paths)
+    if failed:
+        raise LungTumorError(
+            f"{len(failed)} of {len(sources)} scans failed, {len(written)} segmented; each failure is reported above",
+            input,
+        )
+    if len(sources) > 1:
+        log.info("predict: %d scans segmented, 0 failed", len(written))
     return written
+
+
+def _log_error(err: LungTumorError) -> None:
+    log.error("%s", err)
+
+
+def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
+    """Write the mask, and the probability map and report when ``paths`` names them, each marked as ours."""
+    save_nifti(result.mask, result.affine, paths["mask"], description=marker("predict", "mask"))
+    if "probability" in paths:
+        save_nifti(
+            result.probability, result.affine, paths["probability"], description=marker("predict", "probability")
+        )
+    if "report_json" in paths:
+        spread = {"generator": marker("predict"), **tumour_report(result.mask, result.affine, result.image_hu)}
+        spread["source"] = str(result.source)
+        write_report(spread, paths["report_json"], paths["report_text"])
+        log.info(
+            "%s: %d lesion(s), %.2f ml -> %s",
+            result.source.name,
+            spread["lesion_count"],
+            spread["total_volume_ml"],
+            paths["mask"],
+        )
 
 
 __all__ = ["Prediction", "Predictor", "predict"]

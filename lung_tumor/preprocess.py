@@ -28,6 +28,7 @@ from lung_tumor.data.msd import Case, list_cases
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json, write_npy
 from lung_tumor.lock import folder_lock
+from lung_tumor.outputs import OutputPlan
 from lung_tumor.transforms.pipeline import apply_transforms, check_label, load_volume, preprocess_transforms
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def preprocess_dataset(
         ``cache_dir``.
 
     Raises:
-        LungTumorError: a case cannot be read or has inconsistent files; cases finished before it are kept.
+        LungTumorError: ``cache_dir`` is unsafe (an input, a file, unwritable: :class:`~lung_tumor.outputs.OutputPlan`),
+            or a case cannot be read or has inconsistent files; cases finished before it are kept.
     """
     root, cache_dir = Path(root), Path(cache_dir)
     all_cases = list_cases(root, "training")
@@ -215,6 +217,10 @@ def preprocess_dataset(
             if path is not None and not path.exists():
                 raise LungTumorError("file listed in dataset.json not found", path)
 
+    plan = OutputPlan(inputs=[p for c in all_cases for p in (c.image, c.label) if p is not None])
+    for folder in [cache_dir, *(cache_dir / "cases" / c.case_id for c in all_cases)]:
+        plan.add_folder(folder)
+    plan.check()
     # one writer per cache: two runs with different settings would mix their arrays under one case's key
     with folder_lock(cache_dir, what="slice cache"):
         keys = {c.case_id: case_key(c, cfg) for c in all_cases}

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import atomic_path
+from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.report import axial_axis
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,18 @@ DISPLAY_AXCODES = ("P", "L", "S")  # array rows run anterior -> posterior, colum
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Save a figure as PNG through a temporary file and ``os.replace``; returns the path."""
+    """Save a figure as PNG through a temporary file and ``os.replace``; returns the path.
+
+    The PNG's ``Software`` text names lung-tumor, so a later run may replace it (:mod:`lung_tumor.outputs`).
+    """
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI)
+        figure.savefig(temporary, format="png", dpi=DPI, metadata={"Software": marker("visualize")})
     return Path(path)
+
+
+def case_picture_paths(output: str | Path, name: str) -> list[Path]:
+    """The files :func:`case_pictures` may write: ``NAME_overlay.png`` and ``NAME_montage.png`` in ``output``."""
+    return [Path(output) / f"{name}_overlay.png", Path(output) / f"{name}_montage.png"]
 
 
 class _DisplayVolume:
@@ -256,9 +265,9 @@ def case_pictures(
     name: str,
 ) -> list[Path]:
     """Overlay and montage of one case into ``output`` as ``NAME_overlay.png`` and ``NAME_montage.png``."""
-    output = Path(output)
-    written = [overlay_figure(image_hu, affine, truth, prediction, output / f"{name}_overlay.png", title=name)]
-    montage = montage_figure(image_hu, affine, truth, prediction, output / f"{name}_montage.png", title=name)
+    overlay_path, montage_path = case_picture_paths(output, name)
+    written = [overlay_figure(image_hu, affine, truth, prediction, overlay_path, title=name)]
+    montage = montage_figure(image_hu, affine, truth, prediction, montage_path, title=name)
     if montage is not None:
         written.append(montage)
     return written
@@ -348,6 +357,7 @@ def visualize_command(
     prediction: str | Path | None = None,
     run: str | Path | None = None,
     output: str | Path = "pictures",
+    overwrite: bool = False,
 ) -> list[Path]:
     """``lung-tumor visualize``: overlay and montage of a CT with its masks, and/or a run's training curves.
 
@@ -358,18 +368,28 @@ def visualize_command(
         prediction: predicted mask NIfTI.
         run: a training run folder: gives ``training_curves.png`` from its ``tensorboard/`` logs.
         output: the folder to write into.
+        overwrite: replace existing PNGs that lung-tumor did not write (never an input).
 
     Returns:
         The written PNG paths.
 
     Raises:
-        LungTumorError: nothing to draw, a file is missing or unreadable, or a mask's shape differs from the CT's.
+        LungTumorError: nothing to draw, a file is missing or unreadable, a mask's shape differs from the CT's,
+            or an output is unsafe (:class:`lung_tumor.outputs.OutputPlan`).
     """
     output = Path(output)
     if image is None and run is None:
         raise LungTumorError("nothing to draw: give --image (with --label and/or --prediction) or --run")
     if image is None and (label is not None or prediction is not None):
         raise LungTumorError("--label and --prediction need the CT they belong to (--image)")
+    case = None if image is None else Path(image).name.removesuffix(".gz").removesuffix(".nii")
+    plan = OutputPlan(inputs=[p for p in (image, label, prediction) if p is not None], overwrite=overwrite)
+    plan.add_folder(output)
+    for path in [] if case is None else case_picture_paths(output, case):
+        plan.add_file(path)
+    if run is not None:
+        plan.add_file(output / "training_curves.png")
+    plan.check()
     written: list[Path] = []
     if image is not None:
         image_hu, affine = load_volume(image)
@@ -382,8 +402,7 @@ def visualize_command(
                     raise LungTumorError(f"shape {masks[name].shape} differs from the image's {image_hu.shape}", path)
         if label is None and prediction is None:
             log.warning("no --label or --prediction: the overlay shows the CT only")
-        name = Path(image).name.removesuffix(".gz").removesuffix(".nii")
-        written += case_pictures(image_hu, affine, masks["truth"], masks["prediction"], output, name)
+        written += case_pictures(image_hu, affine, masks["truth"], masks["prediction"], output, case)
     if run is not None:
         written.append(training_curves_figure(run, output / "training_curves.png"))
     for path in written:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti, write_json
+from lung_tumor.outputs import OutputPlan, marker
 
 log = logging.getLogger(__name__)
 
@@ -618,7 +619,12 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
                 "location": lesion["location"],
             }
         )
-    return SyntheticCase(f"lung_{case_index:03d}", image, vol.label, affine, tumours, anat.values["noise"])
+    return SyntheticCase(synthetic_case_id(case_index), image, vol.label, affine, tumours, anat.values["noise"])
+
+
+def synthetic_case_id(index: int) -> str:
+    """The id of case number ``index``: ``lung_001`` ..."""
+    return f"lung_{index:03d}"
 
 
 def _check_output_folder(out: Path) -> None:
@@ -633,7 +639,9 @@ def _check_output_folder(out: Path) -> None:
             )
 
 
-def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: int = 0, test_cases: int = 0) -> Path:
+def synthesize_dataset(
+    out: str | Path, cases: int, size: str = "small", seed: int = 0, test_cases: int = 0, overwrite: bool = False
+) -> Path:
     """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
 
     Args:
@@ -642,12 +650,15 @@ def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: i
         size: ``small`` or ``full``.
         seed: dataset seed; the same seed gives the same arrays.
         test_cases: unlabelled cases in ``imagesTs/``, numbered after the training cases.
+        overwrite: replace files of ``out`` that lung-tumor did not write (a real dataset's scans).
 
     Returns:
         The dataset folder.
 
     Raises:
-        LungTumorError: bad counts, unknown size, or ``out`` is a non-empty folder that is not a dataset.
+        LungTumorError: bad counts, unknown size, ``out`` is a non-empty folder that is not a dataset, or an
+            output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never overwritten
+            without ``overwrite``).
     """
     out = Path(out)
     if not isinstance(cases, int) or cases < 1:
@@ -657,20 +668,30 @@ def synthesize_dataset(out: str | Path, cases: int, size: str = "small", seed: i
     if size not in _GEOMETRY:
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
     _check_output_folder(out)
+    plan = OutputPlan(overwrite=overwrite)
+    plan.add_folder(out)
+    plan.add_file(out / TRUTH_FILE)
+    plan.add_file(out / "dataset.json", vouched_by=out / TRUTH_FILE)
+    for index in range(1, cases + test_cases + 1):
+        case_id = synthetic_case_id(index)
+        plan.add_file(out / ("imagesTr" if index <= cases else "imagesTs") / f"{case_id}.nii.gz")
+        if index <= cases:
+            plan.add_file(out / "labelsTr" / f"{case_id}.nii.gz")
+    plan.check()
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    truth: dict[str, Any] = {"seed": seed, "size": size, "cases": {}}
+    truth: dict[str, Any] = {"generator": marker("synth"), "seed": seed, "size": size, "cases": {}}
     training_ids, test_ids = [], []
     lesions = 0
     for index in tqdm(range(1, cases + test_cases + 1), desc="synth", unit="case", disable=None):
         case = synthesize_case(index, seed, size)
         training = index <= cases
         folder = "imagesTr" if training else "imagesTs"
-        save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz")
+        save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz", marker("synth", "image"))
         if training:
-            save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz")
+            save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz", marker("synth", "label"))
             training_ids.append(case.case_id)
         else:
             test_ids.append(case.case_id)

@@ -28,9 +28,10 @@ from lung_tumor.evaluation.metrics import (
     summarize_cases,
 )
 from lung_tumor.io import write_atomic, write_json
+from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.report import axial_axis
 from lung_tumor.transforms.pipeline import check_label_on_grid, load_volume
-from lung_tumor.visualize import case_pictures
+from lung_tumor.visualize import case_picture_paths, case_pictures
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,25 @@ def _log_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
     )
 
 
+def check_outputs(cases: Sequence[Case], output: str | Path, pictures: bool = True, overwrite: bool = False) -> None:
+    """Refuse, before any case is predicted, an evaluation whose outputs are unsafe.
+
+    ``per_case.csv`` counts as lung-tumor's when the ``summary.json`` beside it does.
+
+    Raises:
+        LungTumorError: see :class:`lung_tumor.outputs.OutputPlan`.
+    """
+    output = Path(output)
+    plan = OutputPlan(inputs=[p for c in cases for p in (c.image, c.label) if p is not None], overwrite=overwrite)
+    plan.add_folder(output)
+    plan.add_file(output / "summary.json")
+    plan.add_file(output / "per_case.csv", vouched_by=output / "summary.json")
+    for case in cases if pictures else ():
+        for path in case_picture_paths(output / "pictures", case.case_id):
+            plan.add_file(path, source=case.image)
+    plan.check()
+
+
 def score_cases(
     predictor: CasePredictor,
     cases: Sequence[Case],
@@ -169,6 +189,7 @@ def score_cases(
     pictures: bool = True,
     tolerance_mm: float = 2.0,
     both_empty_dice: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict and score each case; write ``per_case.csv``, ``summary.json`` and pictures into ``output``.
 
@@ -180,14 +201,17 @@ def score_cases(
         tolerance_mm: surface-Dice tolerance.
         both_empty_dice: convention for cases where truth and prediction are both empty
             (see :mod:`lung_tumor.evaluation.metrics`).
+        overwrite: replace existing result files that lung-tumor did not write (never an input).
 
     Returns:
         The summary (as written to ``summary.json``).
 
     Raises:
-        LungTumorError: a label is unreadable, not on its image's grid, or holds values other than 0 and 1.
+        LungTumorError: an output is unsafe (:func:`check_outputs`, before any case is predicted), or a label
+            is unreadable, not on its image's grid, or holds values other than 0 and 1.
     """
     output = Path(output)
+    check_outputs(cases, output, pictures, overwrite)
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
         result = predictor.predict_file(case.image)
@@ -204,7 +228,10 @@ def score_cases(
         if pictures:
             case_pictures(result.image_hu, result.affine, truth, mask, output / "pictures", case.case_id)
 
-    summary = summarize_cases(rows, both_empty_dice=both_empty_dice, tolerance_mm=tolerance_mm)
+    summary = {
+        "generator": marker("evaluate"),
+        **summarize_cases(rows, both_empty_dice=both_empty_dice, tolerance_mm=tolerance_mm),
+    }
     summary["case_ids"] = [row["case_id"] for row in rows]
     summary["per_case_csv"] = "per_case.csv"
     write_atomic(output / "per_case.csv", lambda f: f.write(_csv_text(rows)))
@@ -223,6 +250,7 @@ def evaluate_run(
     pictures: bool = True,
     predictor: CasePredictor | None = None,
     all_cases: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score a training run per case in 3D, MSD / nnU-Net style.
 
@@ -235,6 +263,7 @@ def evaluate_run(
         output: result folder (default: ``RUN/evaluation/``).
         pictures: also write an overlay and a montage PNG per case.
         predictor: what predicts the cases (default: ``lung_tumor.inference.Predictor(run)``).
+        overwrite: replace existing result files that lung-tumor did not write (never an input).
 
     Returns:
         The summary written to ``summary.json``.
@@ -259,8 +288,10 @@ def evaluate_run(
         fold = config.get("fold")
     chosen, description = select_cases(data, fold=fold, cases=cases, all_cases=all_cases)
     log.info("evaluating %s: %s from %s", run, description, data)
+    output = run / "evaluation" if output is None else Path(output)
     if predictor is None:
+        check_outputs(chosen, output, pictures, overwrite)  # before the model loads
         from lung_tumor.inference import Predictor
 
         predictor = Predictor(run)
-    return score_cases(predictor, chosen, run / "evaluation" if output is None else output, pictures=pictures)
+    return score_cases(predictor, chosen, output, pictures=pictures, overwrite=overwrite)
