@@ -31,6 +31,7 @@ def write_dataset(root: Path, count: int = 5) -> dict[str, tuple[np.ndarray, np.
     for index in range(count):
         case_id = f"synth_{index:03d}"
         image = np.full(SHAPE, -800, dtype=np.int16)
+        image[0] = -1000  # a strip of air: a constant volume is refused as not CT
         truth = np.zeros(SHAPE, dtype=np.uint8)
         prediction = np.zeros(SHAPE, dtype=np.uint8)
         if index != 1:
