@@ -244,3 +244,22 @@ def test_noise_estimate_matches_known_noise() -> None:
     hu[10:70, 10:70] = 40.0 + 20.0 * rng.standard_normal((60, 60, 6))
     box = (slice(30, 40), slice(30, 40), slice(2, 4))
     assert estimate_noise_hu(hu, box, np.array([1.0, 1.0, 2.5]), axis=2) == pytest.approx(20.0, rel=0.1)
+
+
+def test_twin_sizes_and_inside_cut(thorax: MetaTensor) -> None:
+    """Explicit tumours reach their equivalent diameter whatever the shape; ``inside`` keeps them off the border."""
+    lungs = _lungs(thorax)
+    spacing = np.array(voxel_spacing(thorax.affine.numpy()))
+    depth = ndimage.distance_transform_edt(np.pad(lungs[1:-1, 1:-1, 1:-1], 1), sampling=spacing)  # faces count
+    deep = tuple(int(c) for c in np.argwhere(depth == depth.max())[0])
+    for seed in range(6):  # lobulated and spiculated shapes alike
+        spec = TumourSpec(centre=deep, diameter_mm=20.0, seed=seed)
+        _, label = InsertTumour(spec)(thorax, lung=torch.from_numpy(lungs[None]))
+        assert abs(equivalent_diameter_mm(int(label.sum()), spacing) - 20.0) <= 0.5 * spacing.min()
+    shallow = tuple(int(c) for c in np.argwhere((depth > 4) & (depth < 5))[0])  # 3 voxels below the border
+    for location, touches in (("inside", False), ("any", True)):
+        spec = TumourSpec(centre=shallow, diameter_mm=12.0, seed=1)
+        _, label = InsertTumour(spec, location)(thorax, lung=torch.from_numpy(lungs[None]))
+        tumour = label[0].numpy() > 0
+        shell = ndimage.binary_dilation(tumour, CUBE) & ~tumour
+        assert np.any(shell & ~lungs) == touches
