@@ -244,6 +244,11 @@ def test_noise_estimate_matches_known_noise() -> None:
     hu[10:70, 10:70] = 40.0 + 20.0 * rng.standard_normal((60, 60, 6))
     box = (slice(30, 40), slice(30, 40), slice(2, 4))
     assert estimate_noise_hu(hu, box, np.array([1.0, 1.0, 2.5]), axis=2) == pytest.approx(20.0, rel=0.1)
+    # a synthetic CT with 34 HU of blurred scanner noise over textured anatomy
+    case = synthesize_case(2, seed=0, size="small", with_tumour=False)
+    box = (slice(50, 70), slice(50, 70), slice(20, 30))
+    estimate = estimate_noise_hu(case.image.astype(np.float32), box, np.array(case.spacing), axis=2)
+    assert estimate == pytest.approx(case.noise_hu, rel=0.15)
 
 
 def test_twin_sizes_and_inside_cut(thorax: MetaTensor) -> None:

@@ -296,12 +296,15 @@ def draw_tumours(
             "no lung found (no air-like voxels below -400 HU inside the body): cannot insert a tumour", source
         )
     box = mask_bounding_box(lung, 1)
-    distance = np.zeros(lung.shape, dtype=np.float32)
-    distance[box] = ndimage.distance_transform_edt(lung[box], sampling=spacing)
-    candidates = np.flatnonzero(lung)
-    voxel = np.stack(np.unravel_index(candidates, lung.shape), axis=1)
-    face_mm = (np.minimum(voxel, np.array(lung.shape) - 1 - voxel) * spacing).min(axis=1)
-    depth_mm = distance.ravel()[candidates]
+    candidates = np.flatnonzero(lung)  # C order, as the lung voxels of the box below
+    depth_mm = ndimage.distance_transform_edt(lung[box], sampling=spacing)[lung[box]].astype(np.float32)
+    face_mm = np.full(candidates.shape, np.inf, dtype=np.float32)
+    stride = 1
+    for axis in reversed(range(3)):  # one coordinate at a time: a CT's lung has millions of voxels
+        n = lung.shape[axis]
+        coordinate = (candidates // stride) % n
+        face_mm = np.minimum(face_mm, np.minimum(coordinate, n - 1 - coordinate) * np.float32(spacing[axis]))
+        stride *= n
     size_tolerance = 0.5 * float(spacing.min())
     specs: list[TumourSpec] = []
     inserted = np.zeros(lung.shape, dtype=bool)
@@ -324,7 +327,8 @@ def draw_tumours(
             places = np.flatnonzero(fits)
             if not places.size:
                 continue
-            centre = tuple(int(c) for c in voxel[places[min(int(pick * places.size), places.size - 1)]])
+            flat = candidates[places[min(int(pick * places.size), places.size - 1)]]
+            centre = tuple(int(c) for c in np.unravel_index(flat, lung.shape))
             spec = TumourSpec(centre, diameter, mean_hu, ground_glass, seed)
             index, mask, _ = tumour_voxels(spec, allowed, spacing)
             if abs(equivalent_diameter_mm(int(mask.sum()), spacing) - diameter) > size_tolerance:
