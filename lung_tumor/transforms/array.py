@@ -327,9 +327,9 @@ class InsertTumour(Transform):
         label: np.ndarray | torch.Tensor | None = None,
         lung: np.ndarray | torch.Tensor | None = None,
     ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
-        return self.apply(_read_scan(img, label, lung), img, label)
+        return self._apply(_read_scan(img, label, lung), img, label)
 
-    def apply(
+    def _apply(
         self, scan: _Scan, img: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor | None
     ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
         """Insert the tumours into an already read scan (see :func:`_read_scan`)."""
@@ -442,4 +442,4 @@ class RandInsertTumour(RandomizableTransform):
             self.max_tries,
             scan.source,
         )
-        return InsertTumour(self.tumours, self.location).apply(scan, img, label)
+        return InsertTumour(self.tumours, self.location)._apply(scan, img, label)
