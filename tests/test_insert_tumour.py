@@ -268,3 +268,36 @@ def test_twin_sizes_and_inside_cut(thorax: MetaTensor) -> None:
         tumour = label[0].numpy() > 0
         shell = ndimage.binary_dilation(tumour, CUBE) & ~tumour
         assert np.any(shell & ~lungs) == touches
+
+
+def test_readme_recipe_from_files(tmp_path: Path, write_nifti) -> None:
+    """LoadImaged -> Orientationd -> RandInsertTumourd on NIfTI files, as the README shows."""
+    from monai.transforms import LoadImaged, Orientationd
+
+    case = synthesize_case(3, seed=0, size="small", with_tumour=True)
+    data = {
+        "image": write_nifti(tmp_path / "ct.nii.gz", case.image, case.affine),
+        "label": write_nifti(tmp_path / "label.nii.gz", case.label, case.affine),
+    }
+    load = Compose(
+        [
+            LoadImaged(["image", "label"], ensure_channel_first=True, dtype=None),
+            Orientationd(["image", "label"], axcodes="RAS"),
+        ]
+    )
+    augment = RandInsertTumourd("image", label_key="label", count=2, diameter_mm=(15.0, 25.0), location="pleural")
+    augment.set_random_state(seed=0)
+    before = load(data)
+    after = augment(before)
+    assert after["image"].dtype == torch.int16 and after["label"].dtype == before["label"].dtype
+    assert torch.equal(after["image"].affine, before["image"].affine)
+    existing = before["label"][0].numpy() > 0
+    check_insertion(
+        before["image"],
+        after["image"],
+        after["label"].to(torch.uint8),
+        augment.inserter.tumours,
+        "pleural",
+        (15.0, 25.0),
+        existing,
+    )
