@@ -35,6 +35,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.data.tumour_model import tumour_shape, tumour_texture
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti, write_json
 from lung_tumor.outputs import OutputPlan, marker
@@ -471,33 +472,6 @@ def _branching_tree(
     return segments
 
 
-def _tumour_mask(rng: np.random.Generator, coords: list[np.ndarray], centre: np.ndarray, radius: float) -> np.ndarray:
-    """Lobulated, optionally spiculated solid around ``centre`` (grid mm) on the given box coordinates."""
-    vx, vy, vz = coords[0] - centre[0], coords[1] - centre[1], coords[2] - centre[2]
-    r = np.sqrt(vx**2 + vy**2 + vz**2) + 1e-6
-    ux, uy, uz = vx / r, vy / r, vz / r
-    boundary = np.float32(1.0)
-    for _ in range(4):
-        n = _unit(rng.standard_normal(3))
-        m = _unit(rng.standard_normal(3))
-        boundary = boundary + rng.uniform(-0.12, 0.12) * (ux * n[0] + uy * n[1] + uz * n[2])
-        boundary = boundary + rng.uniform(-0.2, 0.2) * ((ux * m[0] + uy * m[1] + uz * m[2]) ** 2 - 1 / 3)
-    mask = r < radius * boundary
-    for _ in range(rng.integers(0, 5)):  # lobes
-        n = _unit(rng.standard_normal(3)) * radius * rng.uniform(0.45, 0.75)
-        lobe_r = radius * rng.uniform(0.35, 0.6)
-        mask |= (vx - n[0]) ** 2 + (vy - n[1]) ** 2 + (vz - n[2]) ** 2 < lobe_r**2
-    if rng.random() < 0.5:  # spiculated: thin spikes reaching out of the surface
-        for _ in range(rng.integers(5, 16)):
-            n = _unit(rng.standard_normal(3))
-            reach = radius * rng.uniform(1.4, 2.2)
-            along = vx * n[0] + vy * n[1] + vz * n[2]
-            across2 = r**2 - along**2
-            width = rng.uniform(0.8, 2.0) * np.clip(1 - along / reach, 0, 1)
-            mask |= (along > 0) & (across2 < width**2)
-    return mask
-
-
 def _paint_tumours(vol: _Volume, anat: _Anatomy, rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
     """Place ``count`` non-overlapping tumours in the lungs; paints HU and the label, returns raw lesion records."""
     lesions: list[dict[str, Any]] = []
@@ -525,17 +499,11 @@ def _paint_tumours(vol: _Volume, anat: _Anatomy, rng: np.random.Generator, count
         if found is None:
             continue
         index, coords = found
-        mask = _tumour_mask(rng, coords, point, radius) & vol.lung[index]
+        mask = tumour_shape(rng, coords, point, radius) & vol.lung[index]
         nominal_voxels = 4 / 3 * np.pi * radius**3 / float(np.prod(anat.spacing))
         if mask.sum() < max(0.4 * nominal_voxels, 4):
             continue
-        structure = ndimage.gaussian_filter(rng.standard_normal(mask.shape).astype(np.float32), 1.5)
-        structure /= max(float(structure.std()), 1e-6)
-        centre_hu = rng.uniform(-5, 50)
-        hu = centre_hu + 18 * structure
-        if diameter > 30:  # large tumours: a darker necrotic core
-            core = (coords[0] - point[0]) ** 2 + (coords[1] - point[1]) ** 2 + (coords[2] - point[2]) ** 2
-            hu = np.where(core < (0.35 * radius) ** 2, hu - 35, hu)
+        hu = tumour_texture(rng, coords, point, radius)
         vol.hu[index][mask] = np.clip(hu, -50, 80)[mask]
         vol.label[index][mask] = 1
         vol.lung[index] &= ~mask

@@ -8,24 +8,38 @@
   slices untouched, slice by slice in 2D; on a 512x512x300 volume it is several times faster than
   :class:`monai.transforms.Spacing` (3D grid resampling) and than :class:`monai.transforms.Resize`
   (3D interpolation after a transposing copy); see ``scripts/bench_preprocess.py``.
+- :class:`InsertTumour` / :class:`RandInsertTumour` insert synthetic tumours, with their label, into a
+  real CT's lung (label-free tumour synthesis as augmentation; machinery in
+  :mod:`lung_tumor.transforms.tumour_insertion`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.transforms import Crop, Transform
+from monai.transforms import Crop, RandomizableTransform, Transform
 from monai.transforms.inverse import InvertibleTransform, TraceableTransform
 from monai.transforms.utils import scale_affine
-from monai.utils import TraceKeys, TransformBackends
+from monai.utils import TraceKeys, TransformBackends, convert_to_dst_type, convert_to_numpy
 
 from lung_tumor.config import THIN_VOLUME_POLICIES
 from lung_tumor.errors import LungTumorError
+from lung_tumor.report import axial_axis, lung_mask, voxel_spacing
+from lung_tumor.transforms.tumour_insertion import (
+    GROUND_GLASS_HU,
+    LOCATIONS,
+    SOLID_HU,
+    TumourSpec,
+    draw_tumours,
+    insert_tumours,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +206,240 @@ class WindowIntensity(Transform):
         out = img if img.dtype == torch.float32 else img.to(torch.float32)
         out.sub_(self.low).mul_(1.0 / (self.high - self.low))
         return out.clamp_(0.0, 1.0) if self.clip else out
+
+
+@dataclass
+class _Scan:
+    """A channel-first CT as the insertion machinery needs it: (X, Y, Z) HU, geometry, lung, tumours."""
+
+    hu: np.ndarray
+    spacing: np.ndarray
+    axis: int
+    lung: np.ndarray
+    existing: np.ndarray
+    source: str
+
+
+def _spatial(data: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    array = convert_to_numpy(data)
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise ValueError(f"{name} must be channel-first with one channel, (1, X, Y, Z); got shape {array.shape}")
+    return array[0]
+
+
+def _read_scan(
+    img: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor | None, lung: np.ndarray | torch.Tensor | None
+) -> _Scan:
+    """The scan's HU, spacing (from a MetaTensor's affine, else 1 mm), lung (given or found) and label."""
+    hu = _spatial(img, "image")
+    if isinstance(img, MetaTensor):
+        affine = np.asarray(convert_to_numpy(img.affine), dtype=float)
+    else:
+        log.warning("image without an affine (not a MetaTensor): assuming 1 mm voxels, axial axis last")
+        affine = np.eye(4)
+    existing = np.zeros(hu.shape, dtype=bool) if label is None else _spatial(label, "label") > 0
+    lungs = lung_mask(hu, affine) if lung is None else _spatial(lung, "lung") > 0
+    if existing.shape != hu.shape or lungs.shape != hu.shape:
+        raise ValueError(f"label and lung must have the image's shape {hu.shape}")
+    spacing = np.asarray(voxel_spacing(affine), dtype=float)
+    return _Scan(hu, spacing, axial_axis(affine), lungs, existing, source_name(img))
+
+
+def _write_back(
+    scan: _Scan,
+    painted: np.ndarray,
+    inserted: np.ndarray,
+    img: np.ndarray | torch.Tensor,
+    label: np.ndarray | torch.Tensor | None,
+) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+    """The painted image in the input's type and dtype (integers rounded and clipped), the label ORed."""
+    dtype = scan.hu.dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        painted = np.clip(np.rint(painted), info.min, info.max)
+    image, *_ = convert_to_dst_type(painted.astype(dtype)[None], img)
+    if label is None:
+        out_label, *_ = convert_to_dst_type(inserted.astype(np.uint8)[None], img, dtype=np.uint8)
+    else:
+        old = convert_to_numpy(label)
+        out_label, *_ = convert_to_dst_type(np.maximum(old, inserted[None].astype(old.dtype)), label)
+    return image, out_label
+
+
+def empty_label_like(img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """An all-zero uint8 label of the image's type, shape and metadata."""
+    empty = np.zeros((1, *_spatial(img, "image").shape), dtype=np.uint8)
+    return convert_to_dst_type(empty, img, dtype=np.uint8)[0]
+
+
+def _check_location(location: str) -> None:
+    if location not in LOCATIONS:
+        raise ValueError(f"location must be one of {LOCATIONS}, got {location!r}")
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"{name} must be (min, max) with {low:g} <= min <= max <= {high:g}, got {tuple(value)}")
+    return float(value[0]), float(value[1])
+
+
+class InsertTumour(Transform):
+    """Insert given synthetic tumours, with their label, into a CT's lung.
+
+    The deterministic twin of :class:`RandInsertTumour`: every tumour is a
+    :class:`~lung_tumor.transforms.tumour_insertion.TumourSpec` (centre voxel, equivalent diameter in
+    mm, mean HU, ground glass or solid, seed of shape, texture and noise). The lung is found from the
+    HU (:func:`lung_tumor.report.lung_mask`) unless given; each tumour is cut to it (to its interior
+    for ``location="inside"``) and kept clear of labelled tumours. See
+    :mod:`lung_tumor.transforms.tumour_insertion` for how a tumour is sized and painted.
+
+    Call with a channel-first image (MetaTensor, numpy or torch; HU), optionally its label and a lung
+    mask on the same grid; returns ``(image, label)``: the image in its own type and dtype with its
+    metadata, and the label ORed with the tumour voxels (a new uint8 label when none is given). The
+    voxel sizes come from a MetaTensor's affine; plain arrays are taken as 1 mm voxels.
+
+    Args:
+        tumours: one tumour or several (``TumourSpec`` or a mapping of its fields), inserted in order.
+        location: ``inside`` keeps the tumours off the lung's border; ``pleural`` and ``any`` cut them
+            to the lung only (the centres decide whether they touch it).
+
+    Raises:
+        LungTumorError: a centre not in the lung, a tumour the lung cannot hold at its size.
+
+    Examples::
+
+        spec = TumourSpec(centre=(60, 40, 70), diameter_mm=15.0, mean_hu=35.0, seed=3)
+        image, label = InsertTumour(spec)(image)
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __init__(self, tumours: TumourSpec | Mapping | Sequence[TumourSpec | Mapping], location: str = "any") -> None:
+        _check_location(location)
+        if isinstance(tumours, (TumourSpec, Mapping)):
+            tumours = [tumours]
+        self.tumours = [t if isinstance(t, TumourSpec) else TumourSpec(**t) for t in tumours]
+        self.location = location
+
+    def __call__(
+        self,
+        img: np.ndarray | torch.Tensor,
+        label: np.ndarray | torch.Tensor | None = None,
+        lung: np.ndarray | torch.Tensor | None = None,
+    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        return self._apply(_read_scan(img, label, lung), img, label)
+
+    def _apply(
+        self, scan: _Scan, img: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor | None
+    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        """Insert the tumours into an already read scan (see :func:`_read_scan`)."""
+        if not scan.lung.any():
+            raise LungTumorError("no lung found (no air-like voxels below -400 HU inside the body)", scan.source)
+        painted, inserted = insert_tumours(
+            scan.hu, scan.lung, scan.existing, self.tumours, scan.spacing, scan.axis, self.location, scan.source
+        )
+        return _write_back(scan, painted, inserted, img, label)
+
+
+class RandInsertTumour(RandomizableTransform):
+    """Insert randomly drawn synthetic tumours, with their label, into a CT's lung.
+
+    Label-free tumour synthesis as augmentation (SynTumor's idea, with the lung tumour model of
+    ``lung-tumor synth``): with probability ``prob``, ``count`` tumours of an equivalent diameter drawn
+    log-uniformly from ``diameter_mm`` are placed in the lung at ``location`` (``inside``: off the
+    lung's border; ``pleural``: abutting the chest wall, mediastinum or diaphragm; ``any``: either),
+    solid (``hu_range``) or, with probability ``ground_glass_prob``, ground glass. Placement and look
+    are drawn from ``self.R``, then :class:`InsertTumour` paints them; the tumours of the last call are
+    in ``self.tumours``. Input and output as for :class:`InsertTumour`.
+
+    Args:
+        prob: probability of inserting anything.
+        count: number of tumours, or an inclusive (min, max) range to draw it from.
+        diameter_mm: (min, max) equivalent diameter in mm.
+        location: ``inside``, ``pleural`` or ``any``.
+        hu_range: (min, max) mean HU of solid tumours.
+        ground_glass_prob: probability that a tumour is ground glass.
+        ground_glass_hu: (min, max) mean HU of ground-glass tumours.
+        max_tries: placements tried per tumour before giving up.
+
+    Raises:
+        ValueError: a parameter out of range (at construction).
+        LungTumorError: no lung in the image, or no place for a tumour after ``max_tries``.
+
+    Examples::
+
+        insert = RandInsertTumour(count=(1, 2), diameter_mm=(8, 25), location="pleural")
+        insert.set_random_state(seed=0)
+        image, label = insert(image, label)
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        count: int | Sequence[int] = 1,
+        diameter_mm: Sequence[float] = (5.0, 30.0),
+        location: str = "any",
+        hu_range: Sequence[float] = SOLID_HU,
+        ground_glass_prob: float = 0.0,
+        ground_glass_hu: Sequence[float] = GROUND_GLASS_HU,
+        max_tries: int = 50,
+    ) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        RandomizableTransform.__init__(self, prob)
+        counts = (count, count) if isinstance(count, int) else tuple(count)
+        if len(counts) != 2 or not 1 <= counts[0] <= counts[1] or not all(isinstance(c, int) for c in counts):
+            raise ValueError(
+                f"count must be a positive int or an (min, max) int range with 1 <= min <= max, got {count}"
+            )
+        self.count = counts
+        self.diameter_mm = _check_range("diameter_mm", diameter_mm, 1e-3, 200.0)
+        _check_location(location)
+        self.location = location
+        self.hu_range = _check_range("hu_range", hu_range, -200.0, 300.0)
+        if not 0.0 <= ground_glass_prob <= 1.0:
+            raise ValueError(f"ground_glass_prob must be in [0, 1], got {ground_glass_prob}")
+        self.ground_glass_prob = float(ground_glass_prob)
+        self.ground_glass_hu = _check_range("ground_glass_hu", ground_glass_hu, -900.0, -100.0)
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be at least 1, got {max_tries}")
+        self.max_tries = int(max_tries)
+        self.tumours: list[TumourSpec] = []
+        self._count = counts[0]
+
+    def randomize(self, data: None = None) -> None:
+        """Draw whether to insert and how many tumours; where and how they look is drawn at the call."""
+        super().randomize(None)
+        self._count = int(self.R.randint(self.count[0], self.count[1] + 1))
+
+    def __call__(
+        self,
+        img: np.ndarray | torch.Tensor,
+        label: np.ndarray | torch.Tensor | None = None,
+        lung: np.ndarray | torch.Tensor | None = None,
+        randomize: bool = True,
+    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            self.tumours = []
+            return img, empty_label_like(img) if label is None else label
+        scan = _read_scan(img, label, lung)
+        self.tumours = draw_tumours(
+            self.R,
+            scan.hu,
+            scan.lung,
+            scan.existing,
+            scan.spacing,
+            self._count,
+            self.location,
+            self.diameter_mm,
+            self.hu_range,
+            self.ground_glass_prob,
+            self.ground_glass_hu,
+            self.max_tries,
+            scan.source,
+        )
+        return InsertTumour(self.tumours, self.location)._apply(scan, img, label)
