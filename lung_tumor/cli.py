@@ -19,7 +19,14 @@ log = logging.getLogger("lung_tumor")
 def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
 
-    synthesize_dataset(args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases)
+    synthesize_dataset(
+        args.out,
+        cases=args.cases,
+        size=args.size,
+        seed=args.seed,
+        test_cases=args.test_cases,
+        acquisition=args.acquisition,
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -112,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--acquisition",
+        choices=("default", "varied"),
+        default="default",
+        help="default: one L,P,S int16 grid per size; varied: each case acquired with a scanner and protocol "
+        "drawn from the seed (spacing, slices, kernel, noise, padding, cropped field, slab, orientation, rescale)",
+    )
     p.set_defaults(func=_synth)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

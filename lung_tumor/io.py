@@ -53,11 +53,19 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
     return write_atomic(path, lambda f: np.save(f, array), mode="wb")
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units."""
+def save_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | Path, rescale: tuple[float, float] | None = None
+) -> Path:
+    """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units.
+
+    ``rescale`` is ``(scl_slope, scl_inter)``: ``array`` holds the stored values, readers see
+    ``array * slope + intercept``.
+    """
     import nibabel as nib
 
     image = nib.Nifti1Image(array, affine)
+    if rescale is not None:
+        image.header.set_slope_inter(*rescale)
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
