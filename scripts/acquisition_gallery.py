@@ -64,7 +64,7 @@ SETTINGS = {
     "matrix_384x512": ("rectangular 384 x 512 crop at 0.9 mm", {"pixel_mm": 0.9, "matrix": (384, 512)}, LUNG_WINDOW),
     "stored_RAS": ("stored RAS: the same slice mirrored in the file", {"orientation": "RAS"}, LUNG_WINDOW),
 }
-ZOOM = {"kernel_soft", "kernel_very_sharp", "thin_0.625mm", "thick_5mm", "reference"}
+ZOOM = {"kernel_soft", "kernel_very_sharp", "thin_0.625mm", "thick_5mm"}
 
 
 def edge_letters(affine: np.ndarray) -> dict[str, str]:
@@ -113,10 +113,12 @@ def main() -> None:
         case = synthesize_case(args.case, args.seed, "full", acquisition=acquisition)
         hu = case.image.astype(np.float32) if case.rescale is None else case.image * case.rescale[0] + case.rescale[1]
         slice_hu = hu[:, :, 0]
-        if name in ZOOM:  # the right lung and the nodule region at full resolution, so texture shows
-            nx, ny = slice_hu.shape
-            slice_hu = slice_hu[nx // 8 : nx // 8 + nx // 2, ny // 5 : ny // 5 + ny // 2]
-            caption += " (zoom)"
+        if name in ZOOM and case.tumours:  # 200 x 200 pixels around the tumour, so that texture shows
+            largest = max(case.tumours, key=lambda t: t["diameter_mm"])
+            centre = largest["centre_voxel"][:2]
+            i, j = (int(np.clip(round(c) - 100, 0, n - 200)) for c, n in zip(centre, slice_hu.shape, strict=True))
+            slice_hu = slice_hu[i : i + 200, j : j + 200]
+            caption += " (zoom on the tumour)"
         size = draw(slice_hu, case.affine, caption, window, pictures / f"{name}.png")
         rows.append((name, caption, acquisition, size))
         print(f"{name}: {size / 1000:.0f} kB, {time.perf_counter() - started:.1f} s")

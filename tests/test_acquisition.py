@@ -12,6 +12,7 @@ import pytest
 from test_inference import main_predict, make_run
 
 from lung_tumor.cache import SliceCache
+from lung_tumor.cli import main
 from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.acquisition import (
     KERNELS,
@@ -23,7 +24,7 @@ from lung_tumor.data.acquisition import (
     draw_acquisition,
 )
 from lung_tumor.data.msd import list_cases
-from lung_tumor.data.synth import TRUTH_FILE, draw_case_acquisition, synthesize_case, synthesize_dataset
+from lung_tumor.data.synth import TRUTH_FILE, draw_case_acquisition, synthesize_case
 from lung_tumor.data.verify import verify_dataset
 from lung_tumor.io import save_nifti
 from lung_tumor.preprocess import preprocess_dataset
@@ -201,26 +202,28 @@ def test_sharp_kernel_has_more_high_frequency_noise_and_edge_overshoot() -> None
 
 
 def test_varied_dataset_passes_verify_preprocess_and_predict(tmp_path: Path) -> None:
-    # seed 1: a 9-slice LAS int16 slab padded with -2048, then LPI uint16 with intercept, then LAS int16 rescaled
-    root = synthesize_dataset(tmp_path / "data", cases=2, test_cases=1, size="small", seed=1, acquisition="varied")
+    # seed 14: a LAS int16 chest, a 3-slice RAS uint16 slab with intercept, a 10-slice LAS rescaled int16 slab
+    root = tmp_path / "data"
+    arguments = ["--cases", "2", "--test-cases", "1", "--size", "small", "--seed", "14", "--acquisition", "varied"]
+    assert main(["synth", "--out", str(root), *arguments]) == 0
     truth = json.loads((root / TRUTH_FILE).read_text())
     assert truth["acquisition"] == "varied"
     for number, (case_id, case) in enumerate(truth["cases"].items(), start=1):
-        assert case["acquisition"] == draw_case_acquisition(number, 1, "small", "varied").to_dict()
+        assert case["acquisition"] == draw_case_acquisition(number, 14, "small", "varied").to_dict()
         folder = "imagesTr" if case["split"] == "training" else "imagesTs"
         image = nib.load(root / folder / f"{case_id}.nii.gz")
         assert nib.aff2axcodes(image.affine) == tuple(case["acquisition"]["orientation"])
         assert list(image.shape) == case["shape"]
-    assert truth["cases"]["lung_001"]["shape"][2] == 9
+    assert [truth["cases"][c]["shape"][2] for c in ("lung_002", "lung_003")] == [3, 10]
     assert nib.load(root / "imagesTr" / "lung_002.nii.gz").get_data_dtype() == np.uint16
     assert verify_dataset(root) == 0
 
     config = PreprocessConfig(crop_from_slice=10, pixel_mm=3.0, image_size=112, num_workers=0)
     slices = SliceCache(preprocess_dataset(root, tmp_path / "cache", config, progress=False))
     assert slices.cases == ["lung_001", "lung_002"]
-    assert slices.meta("lung_001")["num_slices"] == 9  # the slab is kept whole
+    assert slices.meta("lung_002")["num_slices"] == 3  # the slab is kept whole
     run = make_run(tmp_path / "run", pixel_mm=3.0, image_size=112)
-    for case in list_cases(root, "training")[:1] + list_cases(root, "test"):
+    for case in list_cases(root, "training")[1:] + list_cases(root, "test"):
         written = nib.load(main_predict(run, case.image, tmp_path / "out"))
         source = nib.load(case.image)
         assert written.shape == source.shape

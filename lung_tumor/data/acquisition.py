@@ -176,15 +176,17 @@ def draw_acquisition(rng: np.random.Generator, size: str = "full") -> Acquisitio
         acquisition = draw_acquisition(np.random.default_rng([0, 1]), "small")
     """
     scale = 4 if size == "small" else 1
-    pixel = float(rng.uniform(0.5, 1.0)) * scale
     matrices = [(512, 512), (512, 512), (384, 384), (768, 768), (512, 384), (448, 512)]
     mx, my = matrices[int(rng.integers(len(matrices)))]
+    # 768 x 768 serves high-resolution reconstructions: fine pixels, a field no wider than a chest
+    pixel = float(rng.uniform(0.5, 0.65 if mx == 768 else 1.0)) * scale
     matrix = (mx // scale, my // scale)
     if size == "small":
         thickness = float(rng.choice([2.0, 3.0, 4.0, 5.0, 6.0]))
     else:
         thickness = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0]))
-    spacing = thickness * float(rng.choice([1.0, 1.0, 0.8, 0.5])) if thickness <= 2.5 else thickness
+    overlap = float(rng.choice([1.0, 1.0, 0.8, 0.5]))
+    spacing = thickness * overlap if 1.25 <= thickness <= 2.5 else thickness  # overlapping slices, not under 0.625
     kernel = str(rng.choice(list(KERNELS)))
     kernel_noise = {"soft": 0.6, "standard": 1.0, "sharp": 2.0, "very_sharp": 3.0}[kernel]
     noise = float(np.clip(rng.uniform(8, 20) * kernel_noise * math.sqrt(2.0 / thickness), 4, 90))
@@ -388,8 +390,12 @@ def acquire(
     circle = scan_circle((mx, my), p) if a.padding_hu is not None else None
     along_x = _interpolation_matrix(mx, nx, origin_xy[0] / px, p / px)
     along_y = _interpolation_matrix(my, ny, origin_xy[1] / py, p / py)
-    image = np.empty((mx, my, count), np.int16)
-    acquired_label = np.empty((mx, my, count), np.uint8)
+    # Stored values are written block by block into Fortran-ordered arrays (NIfTI's own order), so that
+    # neither the rescale nor the reorientation below copies the whole scan.
+    rescale = a.rescale
+    slope, intercept = rescale if rescale is not None else (1.0, 0.0)
+    image = np.empty((mx, my, count), np.uint16 if a.storage == "uint16_rescale" else np.int16, order="F")
+    acquired_label = np.empty((mx, my, count), np.uint8, order="F")
     for k0 in range(0, count, _BLOCK):
         k1 = min(k0 + _BLOCK, count)
         w = weights[k0:k1]
@@ -415,7 +421,7 @@ def acquire(
         slab = np.clip(np.rint(slab), HU_MIN, HU_MAX)
         if circle is not None:
             slab[:, ~circle] = a.padding_hu
-        image[:, :, k0:k1] = slab.transpose(1, 2, 0)
+        image[:, :, k0:k1] = np.rint((slab - np.float32(intercept)) / np.float32(slope)).transpose(1, 2, 0)
         acquired_label[:, :, k0:k1] = (fraction >= 0.5).transpose(1, 2, 0)
 
     # World: patient-fixed millimetres with the body centre at the isocentre (plus the table offset).
@@ -431,13 +437,8 @@ def acquire(
         nib.orientations.axcodes2ornt(("L", "P", "S")), nib.orientations.axcodes2ornt(tuple(a.orientation))
     )
     affine = affine @ nib.orientations.inv_ornt_aff(transform, image.shape)
-    image = np.ascontiguousarray(nib.orientations.apply_orientation(image, transform))
-    acquired_label = np.ascontiguousarray(nib.orientations.apply_orientation(acquired_label, transform))
-    rescale = a.rescale
-    if rescale is not None:
-        slope, intercept = rescale
-        stored = np.uint16 if a.storage == "uint16_rescale" else np.int16
-        image = np.rint((image.astype(np.float32) - intercept) / slope).astype(stored)
+    image = nib.orientations.apply_orientation(image, transform)  # flips: views, no copy
+    acquired_label = nib.orientations.apply_orientation(acquired_label, transform)
     return AcquiredScan(image, acquired_label, affine, rescale, grid_to_world)
 
 

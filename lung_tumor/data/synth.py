@@ -19,6 +19,11 @@ Two sizes:
 Arrays are (X, Y, Z) with the voxel axes pointing to the patient's left, posterior and
 superior (affine ``diag(-dx, -dy, dz)``, axis codes L, P, S like the MSD and LIDC files), so
 slice 0 is the lowest (abdominal) slice. A case depends only on ``(seed, case number)``.
+
+With an ``acquisition`` (:mod:`lung_tumor.data.acquisition`; ``synth --acquisition varied`` draws one
+per case from the seed) the phantom is painted on 1 mm (``full``) or 1.5 mm (``small``) slices and then
+acquired as a scanner would: other pixel spacings, matrices, slice profiles, kernels and noise, scan
+circle padding, cropped fields of view, thin slabs, orientations and rescaled storage.
 """
 
 from __future__ import annotations
