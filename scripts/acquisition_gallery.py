@@ -115,8 +115,8 @@ def main() -> None:
         slice_hu = hu[:, :, 0]
         if name in ZOOM and case.tumours:  # 200 x 200 pixels around the tumour, so that texture shows
             largest = max(case.tumours, key=lambda t: t["diameter_mm"])
-            centre = largest["centre_voxel"][:2]
-            i, j = (int(np.clip(round(c) - 100, 0, n - 200)) for c, n in zip(centre, slice_hu.shape, strict=True))
+            tumour_xy = largest["centre_voxel"][:2]
+            i, j = (int(np.clip(round(c) - 100, 0, n - 200)) for c, n in zip(tumour_xy, slice_hu.shape, strict=True))
             slice_hu = slice_hu[i : i + 200, j : j + 200]
             caption += " (zoom on the tumour)"
         size = draw(slice_hu, case.affine, caption, window, pictures / f"{name}.png")

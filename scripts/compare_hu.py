@@ -5,7 +5,8 @@ own masks), so that the comparison measures the pictures and not the painter:
 
 - padding: the constant value outside the scan circle (voxels equal to the corner value, when it is
   constant over the four corners and below -1000 HU or exactly 0);
-- air: outside the body (the largest connected region above -500 HU, holes filled), not padding;
+- air: outside the body (the largest connected region above -500 HU, holes filled), not padding, in
+  slices where the body lies wholly inside the image;
 - lung: inside the lung hull (lung regions below -500 HU inside the body, holes filled) at or below
   -500 HU; vessel: inside the lung hull above -300 HU and not tumour;
 - soft tissue: inside the body, at least 10 mm below the skin, outside the lung hull, -250..250 HU
@@ -78,9 +79,10 @@ def tissue_masks(slice_hu: np.ndarray, tumour: np.ndarray, pixel_mm: float) -> d
     hull = ndimage.binary_fill_holes(lung)
     inner = ndimage.binary_erosion(body, iterations=max(1, round(10.0 / pixel_mm)))
     near_hull = ndimage.binary_dilation(hull, iterations=max(1, round(3.0 / pixel_mm)))
+    cut = body[0].any() or body[-1].any() or body[:, 0].any() or body[:, -1].any()
     return {
         "padding": padding,
-        "air": ~body & ~padding,
+        "air": ~body & ~padding & ~cut,  # only around a whole body: a crop's "outside" is not air
         "lung": hull & (slice_hu <= -500) & ~tumour,
         "vessel": hull & (slice_hu > -300) & ~tumour,
         "soft tissue": inner & ~near_hull & (slice_hu >= -250) & (slice_hu <= 250) & ~tumour,
