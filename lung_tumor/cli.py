@@ -22,7 +22,13 @@ def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
 
     synthesize_dataset(
-        args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, overwrite=args.overwrite
+        args.out,
+        cases=args.cases,
+        size=args.size,
+        seed=args.seed,
+        test_cases=args.test_cases,
+        acquisition=args.acquisition,
+        overwrite=args.overwrite,
     )
 
 
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument(
+        "--acquisition",
+        choices=("default", "varied"),
+        default="default",
+        help="default: one L,P,S int16 grid per size; varied: each case acquired with a scanner and protocol "
+        "drawn from the seed (spacing, slices, kernel, noise, padding, cropped field, slab, orientation, rescale)",
+    )
     p.set_defaults(func=_synth)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -121,7 +121,13 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
     return write_atomic(path, lambda f: np.save(f, array), mode="wb")
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, description: str = "") -> Path:
+def save_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    description: str = "",
+    rescale: tuple[float, float] | None = None,
+) -> Path:
     """Write a NIfTI atomically, with ``affine`` as both qform and sform (code 1, scanner) and mm units.
 
     With both forms equal and coded 1, every reader places the voxels alike: nibabel takes the sform,
@@ -129,11 +135,15 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, descript
     disagree are refused by :mod:`lung_tumor.data.checks`, so a mask written with the affine its CT was
     read with lies on that CT for all of them (``tests/test_input_checks.py`` reads both back with ITK).
     ``description`` goes into the header's ``descrip`` (80 bytes; :mod:`lung_tumor.outputs` marks its files so).
+    ``rescale`` is ``(scl_slope, scl_inter)``: ``array`` holds the stored values, readers see
+    ``array * slope + intercept``.
     """
     import nibabel as nib
 
     image = nib.Nifti1Image(array, affine)
     image.header["descrip"] = description.encode()[:80]
+    if rescale is not None:
+        image.header.set_slope_inter(*rescale)
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)

@@ -19,6 +19,11 @@ Two sizes:
 Arrays are (X, Y, Z) with the voxel axes pointing to the patient's left, posterior and
 superior (affine ``diag(-dx, -dy, dz)``, axis codes L, P, S like the MSD and LIDC files), so
 slice 0 is the lowest (abdominal) slice. A case depends only on ``(seed, case number)``.
+
+With an ``acquisition`` (:mod:`lung_tumor.data.acquisition`; ``synth --acquisition varied`` draws one
+per case from the seed) the phantom is painted on 1 mm (``full``) or 1.5 mm (``small``) slices and then
+acquired as a scanner would: other pixel spacings, matrices, slice profiles, kernels and noise, scan
+circle padding, cropped fields of view, thin slabs, orientations and rescaled storage.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from lung_tumor.data.acquisition import Acquisition, acquire, lesion_records, preset_acquisition
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.data.tumour_model import tumour_shape, tumour_texture
 from lung_tumor.errors import LungTumorError
@@ -43,6 +49,7 @@ from lung_tumor.outputs import OutputPlan, marker
 log = logging.getLogger(__name__)
 
 SIZES = ("small", "full")
+ACQUISITIONS = ("default", "varied")
 TRUTH_FILE = "synth_truth.json"
 _DATASET_ENTRIES = {"dataset.json", TRUTH_FILE, "imagesTr", "labelsTr", "imagesTs"}
 NO_TUMOUR_EVERY = 8  # lung_008, lung_016, ... have no tumour
@@ -67,6 +74,10 @@ _GEOMETRY = {
     "full": _Geometry(512, (0.6, 1.0), (100, 300), (1.0, 2.5), (5.0, 60.0), 0.8, 3000),
     "small": _Geometry(128, (2.5, 3.0), (48, 64), (4.5, 5.5), (15.0, 60.0), 1.4, 800),
 }
+# With an acquisition the phantom is painted on finer slices (the scanner's slice profile averages them)
+# that do not depend on the acquisition, so one seed gives the same patient under every acquisition.
+_PHANTOM_SLICE_MM = {"full": 1.0, "small": 1.5}
+_ACQUISITION_STREAM, _NOISE_STREAM = 1, 2  # extra seed words of the acquisition's random draws
 
 
 @dataclass
@@ -75,12 +86,17 @@ class SyntheticCase:
 
     Attributes:
         case_id: ``lung_XXX``.
-        image: int16 HU, shape (X, Y, Z).
+        image: int16 HU, shape (X, Y, Z); with an acquisition its stored values (see ``rescale``) in
+            its orientation.
         label: uint8 tumour mask (0/1), same shape.
         affine: 4x4 voxel-to-world (RAS mm) matrix.
         tumours: one dict per lesion: ``centre_voxel`` and ``centre_mm`` (centroid of the label
-            voxels of the lesion), ``diameter_mm`` (nominal), ``voxels``, ``volume_ml``, ``location``.
+            voxels of the lesion), ``diameter_mm`` (nominal), ``voxels``, ``volume_ml``, ``location``
+            (with an acquisition also ``painted_centre_mm`` and ``painted_volume_ml``).
         noise_hu: standard deviation of the scanner noise in the final image.
+        acquisition: the acquisition, or ``None`` for synth's own (L, P, S int16, slight blur).
+        rescale: ``(slope, intercept)`` from ``image`` to HU (NIfTI ``scl_slope``/``scl_inter``), or ``None``.
+        tumours_not_acquired: painted lesions outside the acquired field, slab or resolution.
     """
 
     case_id: str
@@ -89,6 +105,9 @@ class SyntheticCase:
     affine: np.ndarray
     tumours: list[dict[str, Any]] = field(default_factory=list)
     noise_hu: float = 0.0
+    acquisition: Acquisition | None = None
+    rescale: tuple[float, float] | None = None
+    tumours_not_acquired: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -536,7 +555,20 @@ def _affine(anat: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     return affine
 
 
-def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | None = None) -> SyntheticCase:
+def draw_case_acquisition(case_index: int, seed: int, size: str, preset: str) -> Acquisition | None:
+    """The acquisition of a case under a preset (``default``: ``None``; ``varied``: drawn from the seed)."""
+    if preset not in ACQUISITIONS:
+        raise LungTumorError(f"unknown acquisition {preset!r}; use one of {ACQUISITIONS}")
+    return preset_acquisition(preset, np.random.default_rng([seed, case_index, _ACQUISITION_STREAM]), size)
+
+
+def synthesize_case(
+    case_index: int,
+    seed: int,
+    size: str,
+    with_tumour: bool | None = None,
+    acquisition: Acquisition | None = None,
+) -> SyntheticCase:
     """Make one synthetic chest CT.
 
     Args:
@@ -544,6 +576,10 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
         seed: dataset seed.
         size: ``small`` or ``full`` (see the module docstring).
         with_tumour: force tumours on or off; by default every 8th case has none.
+        acquisition: acquire the phantom with this scanner and protocol
+            (:mod:`lung_tumor.data.acquisition`); the phantom, painted on 1 mm (``full``) or 1.5 mm
+            (``small``) slices, is then the same patient for every acquisition. ``None``: synth's own
+            grid, blur, noise and L, P, S affine, exactly as before.
 
     Returns:
         The image, label, affine and ground-truth lesion list.
@@ -561,7 +597,11 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
     if case_index < 0:
         raise LungTumorError(f"case index must be >= 0, got {case_index}")
     rng = np.random.default_rng([seed, case_index])
-    anat = _draw_anatomy(rng, _GEOMETRY[size])
+    geometry = _GEOMETRY[size]
+    if acquisition is not None:
+        phantom_mm = _PHANTOM_SLICE_MM[size]
+        geometry = replace(geometry, slice_mm=(phantom_mm, phantom_mm), slices=(1, 1_000_000))
+    anat = _draw_anatomy(rng, geometry)
     vol = _Volume(anat.shape, anat.spacing)
     _paint_slabs(vol, anat, rng)
     _paint_airways_and_vessels(vol, anat, rng)
@@ -569,6 +609,21 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
         with_tumour = case_index % NO_TUMOUR_EVERY != 0
     count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
     lesions = _paint_tumours(vol, anat, rng, count)
+    if acquisition is not None:
+        noise_rng = np.random.default_rng([seed, case_index, _NOISE_STREAM])
+        scan = acquire(vol.hu, vol.label, anat.spacing, acquisition, noise_rng, body_centre_mm=anat.centre[:2])
+        acquired, missing = lesion_records(lesions, scan, anat.spacing)
+        return SyntheticCase(
+            f"lung_{case_index:03d}",
+            scan.image,
+            scan.label,
+            scan.affine,
+            acquired,
+            acquisition.noise_hu,
+            acquisition,
+            scan.rescale,
+            missing,
+        )
     image = _finish(vol, anat, rng)
     affine = _affine(anat, rng)
     voxel_ml = float(np.prod(anat.spacing)) / 1000
@@ -608,7 +663,13 @@ def _check_output_folder(out: Path) -> None:
 
 
 def synthesize_dataset(
-    out: str | Path, cases: int, size: str = "small", seed: int = 0, test_cases: int = 0, overwrite: bool = False
+    out: str | Path,
+    cases: int,
+    size: str = "small",
+    seed: int = 0,
+    test_cases: int = 0,
+    acquisition: str = "default",
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
 
@@ -618,15 +679,17 @@ def synthesize_dataset(
         size: ``small`` or ``full``.
         seed: dataset seed; the same seed gives the same arrays.
         test_cases: unlabelled cases in ``imagesTs/``, numbered after the training cases.
+        acquisition: ``default`` (synth's own L, P, S int16 grid) or ``varied`` (each case acquired with a
+            scanner and protocol drawn from the seed; ``synth_truth.json`` records it).
         overwrite: replace files of ``out`` that lung-tumor did not write (a real dataset's scans).
 
     Returns:
         The dataset folder.
 
     Raises:
-        LungTumorError: bad counts, unknown size, ``out`` is a non-empty folder that is not a dataset, or an
-            output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never overwritten
-            without ``overwrite``).
+        LungTumorError: bad counts, unknown size or acquisition, ``out`` is a non-empty folder that is not a
+            dataset, or an output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never
+            overwritten without ``overwrite``).
     """
     out = Path(out)
     if not isinstance(cases, int) or cases < 1:
@@ -635,6 +698,8 @@ def synthesize_dataset(
         raise LungTumorError(f"--test-cases must be 0 or more, got {test_cases!r}")
     if size not in _GEOMETRY:
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
+    if acquisition not in ACQUISITIONS:
+        raise LungTumorError(f"unknown acquisition {acquisition!r}; use one of {ACQUISITIONS}")
     _check_output_folder(out)
     plan = OutputPlan(overwrite=overwrite)
     plan.add_folder(out)
@@ -650,14 +715,26 @@ def synthesize_dataset(
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    truth: dict[str, Any] = {"generator": marker("synth"), "seed": seed, "size": size, "cases": {}}
+    truth: dict[str, Any] = {
+        "generator": marker("synth"),
+        "seed": seed,
+        "size": size,
+        "acquisition": acquisition,
+        "cases": {},
+    }
     training_ids, test_ids = [], []
     lesions = 0
     for index in tqdm(range(1, cases + test_cases + 1), desc="synth", unit="case", disable=None):
-        case = synthesize_case(index, seed, size)
+        case = synthesize_case(index, seed, size, acquisition=draw_case_acquisition(index, seed, size, acquisition))
         training = index <= cases
         folder = "imagesTr" if training else "imagesTs"
-        save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz", marker("synth", "image"))
+        save_nifti(
+            case.image,
+            case.affine,
+            out / folder / f"{case.case_id}.nii.gz",
+            marker("synth", "image"),
+            rescale=case.rescale,
+        )
         if training:
             save_nifti(case.label, case.affine, out / "labelsTr" / f"{case.case_id}.nii.gz", marker("synth", "label"))
             training_ids.append(case.case_id)
@@ -671,8 +748,11 @@ def synthesize_dataset(
             "noise_hu": round(case.noise_hu, 2),
             "tumours": case.tumours,
         }
+        if case.acquisition is not None:
+            truth["cases"][case.case_id]["acquisition"] = case.acquisition.to_dict()
+            truth["cases"][case.case_id]["tumours_not_acquired"] = case.tumours_not_acquired
 
-    note = f"lung_tumor synth, size {size}, seed {seed}; ground truth in {TRUTH_FILE}"
+    note = f"lung_tumor synth, size {size}, seed {seed}, acquisition {acquisition}; ground truth in {TRUTH_FILE}"
     write_dataset_json(out, training_ids, test_ids, synthetic=note)
     write_json(out / TRUTH_FILE, truth)
     log.info(
