@@ -58,13 +58,19 @@ def make_shift_run(
     slice_offset: int = 0,
     gain: float = 200.0,
     crop_from_slice: int = 30,
+    orientation: str = "RAS",
 ) -> Path:
     """A run folder (``config.yaml`` and ``checkpoints/best.pt``) holding :func:`shift_network`."""
     network = shift_network(context, shift, slice_offset, gain)
     (folder / "checkpoints").mkdir(parents=True)
     torch.save({"network": network.state_dict()}, folder / "checkpoints" / "best.pt")
     config = {
-        "preprocess": {"crop_from_slice": crop_from_slice, "pixel_mm": pixel_mm, "image_size": image_size},
+        "preprocess": {
+            "crop_from_slice": crop_from_slice,
+            "pixel_mm": pixel_mm,
+            "image_size": image_size,
+            "orientation": orientation,
+        },
         "context_slices": context,
         "network_def": {
             "_target_": "torch.nn.Conv2d",
@@ -115,10 +121,15 @@ def world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return (affine @ np.r_[ndimage.center_of_mass(mask.astype(float)), 1.0])[:3]
 
 
-def oriented_axes(affine: np.ndarray, shape: tuple[int, ...], pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """World steps (columns, mm) of one pixel along the network's W (patient left to right), H (posterior to
-    anterior) and slice (inferior to superior) axes, after reorientation to RAS and in-plane resampling."""
-    ornt = nib.orientations.io_orientation(affine)
+def oriented_axes(
+    affine: np.ndarray, shape: tuple[int, ...], pixel_mm: float, orientation: str = "RAS"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World steps (mm) of one pixel along the network's W, H and slice axes, after reorientation to
+    ``orientation`` (RAS: W from the patient's left to right, H posterior to anterior, slices upward)
+    and in-plane resampling."""
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(orientation)
+    )
     steps = np.zeros((3, 3))
     for axis, (target, flip) in enumerate(ornt):
         column = affine[:3, axis]
@@ -130,10 +141,15 @@ def oriented_axes(affine: np.ndarray, shape: tuple[int, ...], pixel_mm: float) -
 
 
 def expected_offset(
-    affine: np.ndarray, shape: tuple[int, ...], pixel_mm: float, shift=SHIFT, slice_offset: int = 0
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    pixel_mm: float,
+    shift=SHIFT,
+    slice_offset: int = 0,
+    orientation: str = "RAS",
 ) -> np.ndarray:
     """Where the stand-in network's mask lies relative to the lesion, in world mm."""
-    along_w, along_h, along_slices = oriented_axes(affine, shape, pixel_mm)
+    along_w, along_h, along_slices = oriented_axes(affine, shape, pixel_mm, orientation)
     return -(shift[0] * along_h + shift[1] * along_w + slice_offset * along_slices)
 
 
@@ -154,16 +170,19 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj) > 0, image.affine
 
 
-@pytest.mark.parametrize("name", list(ORIENTATIONS))
-def test_mask_centroid_lands_on_the_lesion_in_world_mm(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "orientation"), [(name, "RAS") for name in ORIENTATIONS] + [("tilted", "LPS"), ("PIR", "LAS")]
+)
+def test_mask_centroid_lands_on_the_lesion_in_world_mm(tmp_path: Path, name: str, orientation: str) -> None:
+    """Input stored in four ways; the run works on RAS slices, or on LPS or LAS ones (its config's orientation)."""
     image, lesion, affine = case_for(name)
     source = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(image, affine), source)
-    run = make_shift_run(tmp_path / "run")
+    run = make_shift_run(tmp_path / "run", orientation=orientation)
     predict_cli(run, source, tmp_path / "out")
     mask, mask_affine = read_mask(tmp_path / "out" / "ct.nii.gz")
     np.testing.assert_allclose(mask_affine, affine, atol=1e-4)
-    expected = world_centroid(lesion, affine) + expected_offset(affine, image.shape, 2.0)
+    expected = world_centroid(lesion, affine) + expected_offset(affine, image.shape, 2.0, orientation=orientation)
     voxel_mm = float(np.linalg.norm(affine[:3, :3], axis=0).min())
     np.testing.assert_allclose(world_centroid(mask, mask_affine), expected, atol=voxel_mm)
     # the lesion moved, not grown: resampling to 2 mm pixels and back only wears its edge (to 0.7 of it in PIR)

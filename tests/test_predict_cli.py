@@ -145,8 +145,12 @@ def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(tmp_path: P
         in_first = world_centroid(first & lesion, first_affine)
         np.testing.assert_allclose(world_centroid(second & lesion[::-1, ::-1], second_affine), in_first, atol=0.8)
         np.testing.assert_allclose(in_first, world_centroid(lesion, affine), atol=0.8)
-    for case in ("first", "second"):
-        assert json.loads((out / f"{case}_report.json").read_text())["lesion_count"] == 4
+    reports = [json.loads((out / f"{case}_report.json").read_text()) for case in ("first", "second")]
+    for report in reports:  # the largest lesion, "bright", lies at +x in the RAS array: the patient's right
+        assert report["lesion_count"] == 4 and report["lesions"][0]["side"] == "right"
+    for a, b in zip(reports[0]["lesions"], reports[1]["lesions"], strict=True):
+        assert a["side"] == b["side"] and a["volume_ml"] == pytest.approx(b["volume_ml"])
+        assert a["centroid_world_mm"] == pytest.approx(b["centroid_world_mm"], abs=1e-3)
 
 
 def write_dicom_series(folder: Path, image: np.ndarray, affine: np.ndarray) -> Path:
