@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -129,14 +128,11 @@ def test_refuses_foreign_folder_via_cli(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.slow
 def test_full_size_case(tmp_path: Path) -> None:
-    """A 512 x 512 x 300 case (the largest): MSD geometry, a few seconds to make."""
-    started = time.perf_counter()
+    """A 512 x 512 x 300 case (the largest): MSD geometry (how long it takes is a benchmark's business)."""
     case = synthesize_case(23, seed=0, size="full")
-    seconds = time.perf_counter() - started
     assert case.image.shape == (512, 512, 300) and case.image.dtype == np.int16
     px, py, pz = case.spacing
     assert 0.6 <= px == py <= 1.0 and 1.0 <= pz <= 2.5
     assert all(5 <= t["diameter_mm"] <= 60 for t in case.tumours) and case.label.sum() > 0
     nz = case.image.shape[2]
     assert lung_fraction(case.image[:, :, nz // 2 : int(0.8 * nz)]) > 0.1
-    assert seconds < 60

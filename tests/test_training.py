@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lung_tumor.cache import SliceCache, SliceDataset
@@ -121,6 +123,59 @@ def test_demo_config_run_writes_tensorboard_and_reloadable_checkpoints(tmp_path,
     # the saved config is plain YAML that load_config reads back, with the fold filled in
     saved = load_config(run_dir / "config.yaml")
     assert saved["fold"] == 0 and saved["features"] == [4, 8, 16, 32]
+
+
+class BrightPixels(torch.nn.Module):
+    """A stand-in network whose prediction is known: the centre channel's pixels brighter than ``level``.
+
+    On the tiny cache (tumour disks at 0.8 in noise around 0.3) that is the disk and about a third of the
+    noise, so the prediction panel differs from the truth panel and from an empty one.
+    """
+
+    def __init__(self, in_channels: int = 5, level: float = 0.33) -> None:
+        super().__init__()
+        self.unused = torch.nn.Conv2d(in_channels, 1, kernel_size=1)  # something for the optimiser
+        self.level = level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x.shape[1] // 2
+        return 40.0 * (x[:, centre : centre + 1] - self.level) + 0.0 * self.unused(x)
+
+
+def test_tensorboard_grid_shows_ct_truth_and_prediction_of_the_largest_tumour_slice(tmp_path, cache_dir):
+    """Each shown validation case: CT | truth | prediction of its largest tumour slice, side by side."""
+    settings = {
+        "network_def": {"_target_": "test_training.BrightPixels", "in_channels": 5},
+        "training.max_iterations": 1,
+    }
+    metadata = train_from_config(
+        CONFIGS / "demo.yaml", fold=0, overrides=tiny_overrides(tmp_path, cache_dir, **settings)
+    )
+    run_dir = tmp_path / "runs" / "unet2d" / "fold_0"
+    events, cache = _events(run_dir), SliceCache(cache_dir)
+    network, config = load_trained_model(run_dir, "last")
+    inferer = SliceStackInferer(context_slices(config))
+    if metadata["amp"] == "bfloat16":
+        inferer = AutocastInferer("cpu", torch.bfloat16, inner=inferer)
+    tags = events.Tags()["images"]
+    assert sorted(tags) == [f"validation/{case}" for case in sorted(metadata["validation_cases"])[: len(tags)]]
+    for tag in tags:
+        last = events.Images(tag)[-1]
+        assert last.step == metadata["epochs"]
+        grid = np.asarray(Image.open(io.BytesIO(last.encoded_image_string)).convert("L"), dtype=np.float32) / 255
+        assert grid.shape == (SIZE, 3 * SIZE)
+        item = VolumeDataset(cache, [tag.split("/", 1)[1]])[0]
+        label = item["label"][0].numpy()
+        z = int(label.sum(axis=(1, 2)).argmax())
+        with torch.no_grad():
+            prediction = (inferer(item["image"][None], network)[0, 0, z] >= 0).float().numpy()
+        panels = np.split(grid, 3, axis=1)
+        assert label[z].sum() == label.sum(axis=(1, 2)).max() > 0 and 0 < prediction.sum() < prediction.size
+        assert not np.array_equal(prediction, label[z])
+        # 8-bit PNG: each value truncated to a multiple of 1/255
+        np.testing.assert_allclose(panels[0], item["image"][0, z].clamp(0, 1).numpy(), atol=1.01 / 255)
+        np.testing.assert_array_equal(panels[1], label[z])
+        np.testing.assert_array_equal(panels[2], prediction)
 
 
 def test_stop_after_iterations_then_resume_continues_at_that_iteration(tmp_path, cache_dir):
