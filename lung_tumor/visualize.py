@@ -330,27 +330,6 @@ def training_curves_figure(run: str | Path, path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
-def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI file as a float32 array and its affine.
-
-    Raises:
-        LungTumorError: the file is missing or not a readable 3D NIfTI image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LungTumorError("file not found", path)
-    try:
-        image = nib.load(path)
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as err:  # nibabel raises many types for a damaged file
-        raise LungTumorError(f"not a readable NIfTI image ({err})", path) from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise LungTumorError(f"expected a 3D image, got shape {data.shape}", path)
-    return data, np.asarray(image.affine, dtype=float)
-
-
 def visualize_command(
     image: str | Path | None = None,
     label: str | Path | None = None,
@@ -392,14 +371,18 @@ def visualize_command(
     plan.check()
     written: list[Path] = []
     if image is not None:
-        image_hu, affine = load_volume(image)
-        masks = {}
+        # the input checks of every command: CT in HU with a sound geometry, masks of 0/1 on its grid
+        from lung_tumor.transforms.pipeline import check_label, load_volume
+
+        ct = load_volume(image, "image")
+        image_hu, affine = np.asarray(ct[0].numpy(), dtype=np.float32), ct.affine.numpy()
+        masks: dict[str, np.ndarray | None] = {}
         for name, path in (("truth", label), ("prediction", prediction)):
             masks[name] = None
             if path is not None:
-                masks[name], _ = load_volume(path)
-                if masks[name].shape != image_hu.shape:
-                    raise LungTumorError(f"shape {masks[name].shape} differs from the image's {image_hu.shape}", path)
+                mask = load_volume(path, "label" if name == "truth" else "prediction")
+                check_label(ct, mask, path)
+                masks[name] = mask[0].numpy()
         if label is None and prediction is None:
             log.warning("no --label or --prediction: the overlay shows the CT only")
         written += case_pictures(image_hu, affine, masks["truth"], masks["prediction"], output, case)

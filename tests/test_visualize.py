@@ -118,8 +118,20 @@ def test_visualize_command_errors(tmp_path: Path) -> None:
         visualize_command(image=tmp_path / "missing.nii.gz", output=tmp_path)
     with pytest.raises(LungTumorError, match="tensorboard"):
         visualize_command(run=tmp_path, output=tmp_path)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), RAS), tmp_path / "ct.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.int16), RAS), tmp_path / "label.nii.gz")
-    with pytest.raises(LungTumorError, match="differs"):
+    image, truth, _ = phantom()
+    nib.save(nib.Nifti1Image(image.astype(np.int16), RAS), tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(truth[..., :-1].astype(np.uint8), RAS), tmp_path / "label.nii.gz")
+    with pytest.raises(LungTumorError, match="label shape .* differs"):
         visualize_command(image=tmp_path / "ct.nii.gz", label=tmp_path / "label.nii.gz", output=tmp_path / "o")
+    shifted = RAS.copy()
+    shifted[0, 3] = 2.0
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), shifted), tmp_path / "label.nii.gz")
+    with pytest.raises(LungTumorError, match="affine differs"):
+        visualize_command(image=tmp_path / "ct.nii.gz", label=tmp_path / "label.nii.gz", output=tmp_path / "o")
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8) * 2, RAS), tmp_path / "label.nii.gz")
+    with pytest.raises(LungTumorError, match=r"values must be 0 or 1, found \[2.0\]"):
+        visualize_command(image=tmp_path / "ct.nii.gz", label=tmp_path / "label.nii.gz", output=tmp_path / "o")
+    nib.save(nib.Nifti1Image(np.clip(image, 0, 1).astype(np.float32), RAS), tmp_path / "ct01.nii.gz")
+    with pytest.raises(LungTumorError, match="not CT"):
+        visualize_command(image=tmp_path / "ct01.nii.gz", output=tmp_path / "o")
     assert not (tmp_path / "o").exists()
