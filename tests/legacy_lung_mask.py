@@ -1,7 +1,8 @@
-"""The slice-by-slice lung mask that ``lung_tumor.report`` used before :mod:`lung_tumor.thorax` (commit 93c446a).
+"""The report's body midline and slice-by-slice lung mask before :mod:`lung_tumor.thorax` (commit 93c446a).
 
-Kept verbatim as the reference that the coarse-grid masks are measured against (tests and
-``scripts/bench_report.py``); it takes seconds on a whole CT, so only tests and benchmarks call it.
+Kept verbatim as the reference that the coarse-grid masks are measured against; it takes seconds on a
+whole CT, so only tests call it. :class:`LegacyThorax` puts the old lungs behind the interface of
+:class:`lung_tumor.thorax.ThoraxMasks`, so ``tumour_report`` and ``keep_near_lungs`` can run on either.
 """
 
 from __future__ import annotations
@@ -12,6 +13,29 @@ from scipy.spatial import ConvexHull, QhullError
 
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import AIR_MAX_HU, BODY_MIN_HU, axial_axis, mask_bounding_box
+
+
+def body_midline_x(affine: np.ndarray, shape: tuple[int, ...], image_hu: np.ndarray | None) -> tuple[float, str]:
+    """World x (mm) of the patient's midline and how it was found.
+
+    The x-centre of mass of the body (voxels above -500 HU) when the CT is given, else the image centre.
+    """
+    affine = np.asarray(affine, dtype=float)
+    centre = (np.asarray(shape[:3], dtype=float) - 1) / 2
+    method = "image centre (no CT given)"
+    if image_hu is not None:
+        body = np.asarray(image_hu) > BODY_MIN_HU
+        if body.any():
+            centre = np.array(
+                [
+                    np.average(np.arange(n), weights=body.sum(axis=tuple(a for a in range(3) if a != i)))
+                    for i, n in enumerate(body.shape)
+                ]
+            )
+            method = f"x-centre of mass of the body (voxels > {BODY_MIN_HU:g} HU)"
+        else:
+            method = "image centre (no body voxel above -500 HU)"
+    return float(affine[0, :3] @ centre + affine[0, 3]), method
 
 
 def _convex_polygon_mask(facets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -76,3 +100,16 @@ def lung_mask_near(mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, m
         slab = tuple(box[a] if a == axis else slice(None) for a in range(3))
         lungs[slab] = lung_mask(np.asarray(image_hu)[slab], affine)
     return lungs
+
+
+class LegacyThorax:
+    """The old lungs (a full-size array, e.g. :func:`lung_mask_near`) with the methods of ``ThoraxMasks``."""
+
+    def __init__(self, lungs: np.ndarray) -> None:
+        self.full = lungs
+
+    def lungs(self, box: tuple[slice, ...] | None = None) -> np.ndarray:
+        return self.full if box is None else self.full[box]
+
+    def any_lungs(self, box: tuple[slice, ...] | None = None) -> bool:
+        return bool(self.lungs(box).any())
