@@ -123,6 +123,18 @@ def test_padding_outside_the_scan_circle_and_a_crop_change_nothing(synthetic_cas
         assert dice(cropped, lungs[box]) >= 0.97
 
 
+def test_a_box_cutting_through_a_nodule_gives_the_whole_ct_lungs(synthetic_cases: list) -> None:
+    case = synthetic_cases[2]  # lung_003: one nodule inside the lung
+    assert case.tumours[0]["location"] == "central"
+    thorax = thorax_masks(case.image, case.affine)
+    lesion = ndimage.find_objects(case.label)[0]
+    middle = (lesion[0].start + lesion[0].stop) // 2
+    box = (slice(middle, lesion[0].stop + 5), slice(lesion[1].start - 5, lesion[1].stop + 5), lesion[2])
+    part = thorax.lungs(box)
+    np.testing.assert_array_equal(part, thorax.lungs()[box])
+    assert part[case.label[box] > 0].all()  # the nodule, cut by the box's edge, is a hole of the lung all the same
+
+
 def test_coarse_grid_is_at_most_3_mm() -> None:
     assert coarse_factors((0.96, 0.96, 1.06)) == (3, 3, 2)
     assert coarse_factors((0.703, 0.703, 2.5)) == (4, 4, 1)
