@@ -140,13 +140,18 @@ def lung_mask(image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def mask_bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """The smallest box holding every non-zero voxel, grown by ``margin`` voxels; None for an empty mask."""
-    box = []
+    """The smallest box holding every non-zero voxel, grown by ``margin`` voxels; None for an empty mask.
+
+    One pass over the whole mask finds the first axis's range; the others are searched inside it.
+    """
+    box, inside = [], mask
     for axis in range(mask.ndim):
-        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        hits = np.flatnonzero(np.any(inside, axis=tuple(a for a in range(mask.ndim) if a != axis)))
         if not hits.size:
             return None
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+        low, high = int(hits[0]), int(hits[-1]) + 1
+        inside = inside[(slice(None),) * axis + (slice(low, high),)]
+        box.append(slice(max(low - margin, 0), min(high + margin, mask.shape[axis])))
     return tuple(box)
 
 
@@ -288,7 +293,7 @@ def tumour_report(
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
     return {
-        "total_volume_ml": float(np.count_nonzero(mask) * voxel_mm3 / 1000.0),
+        "total_volume_ml": float(np.count_nonzero(mask[outer]) * voxel_mm3 / 1000.0),
         "lesion_count": count,
         "spacing_mm": list(spacing),
         "orientation": "".join(nib.aff2axcodes(affine)),
