@@ -127,22 +127,25 @@ class ThoraxMasks:
         axial_axis: the voxel axis most aligned with world z.
         factors: the coarse grid's step along each voxel axis.
         coarse_lungs: the lungs on the coarse grid (holes filled), the CT's axis order.
-        coarse_region: ``coarse_lungs`` grown by one coarse voxel: where refined lung voxels may lie.
     """
 
     image_hu: np.ndarray
     axial_axis: int
     factors: tuple[int, int, int]
     coarse_lungs: np.ndarray
-    coarse_region: np.ndarray
 
-    def _coarse(self, grid: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
-        """A coarse grid's values on the full-resolution voxels of ``box`` (nearest coarse voxel)."""
+    def _coarse(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The coarse lungs, and them grown by one coarse voxel, on the full-resolution voxels of ``box``."""
         index = [
             np.minimum(np.arange(s.start, s.stop) // f, n - 1)
-            for s, f, n in zip(box, self.factors, grid.shape, strict=True)
+            for s, f, n in zip(box, self.factors, self.coarse_lungs.shape, strict=True)
         ]
-        return grid[np.ix_(*index)]
+        # grow only the coarse voxels around the box: one more on each side gives the whole grid's answer
+        low = [max(int(i[0]) - 1, 0) for i in index]
+        crop = self.coarse_lungs[tuple(slice(lo, int(i[-1]) + 2) for lo, i in zip(low, index, strict=True))]
+        grown = ndimage.maximum_filter(crop.view(np.uint8), size=3).view(bool)
+        local = np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))
+        return crop[local], grown[local]
 
     def _box(self, box: tuple[slice, ...] | None) -> tuple[slice, ...]:
         shape = np.shape(self.image_hu)
@@ -165,9 +168,11 @@ class ThoraxMasks:
         in each axial slice; where the box's edge cuts through the coarse lungs it encloses as lung does.
         """
         box = self._box(box)
-        air = np.asarray(self.image_hu[box]) < AIR_MAX_HU
-        candidate = air & self._coarse(self.coarse_region, box)
-        return _fill_holes_in_plane(candidate, self.axial_axis, border=self._coarse(self.coarse_lungs, box))
+        if any(s.stop <= s.start for s in box):
+            return np.zeros([max(s.stop - s.start, 0) for s in box], dtype=bool)
+        coarse, region = self._coarse(box)
+        candidate = (np.asarray(self.image_hu[box]) < AIR_MAX_HU) & region
+        return _fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
 def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
@@ -187,11 +192,4 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     torso = _largest_per_slice(coarse > BODY_MIN_HU)
     inside_air = (coarse < AIR_MAX_HU) & _inside_hulls(torso)
     lungs = _fill_holes_in_plane(_two_largest(inside_air), -1)
-    region = ndimage.maximum_filter(lungs.view(np.uint8), size=3).view(bool)  # grown by one voxel (26 neighbours)
-    return ThoraxMasks(
-        image_hu=image_hu,
-        axial_axis=axis,
-        factors=factors,
-        coarse_lungs=np.moveaxis(lungs, -1, axis),
-        coarse_region=np.moveaxis(region, -1, axis),
-    )
+    return ThoraxMasks(image_hu=image_hu, axial_axis=axis, factors=factors, coarse_lungs=np.moveaxis(lungs, -1, axis))
