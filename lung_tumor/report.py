@@ -111,21 +111,39 @@ def longest_axial_diameter(lesion: np.ndarray, affine: np.ndarray) -> tuple[floa
     return best, best_slice
 
 
+def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]:
+    """Body voxels (> -500 HU) per index along each of ``axes``, read in chunks along the slowest axis."""
+    hu = np.asarray(image_hu)
+    slow = hu.ndim - 1 if hu.flags.f_contiguous and not hu.flags.c_contiguous else 0
+    step = max(1, (1 << 22) // max(1, hu.size // max(hu.shape[slow], 1)))  # about 4 M voxels a chunk
+    counts = {i: np.zeros(hu.shape[i], dtype=np.int64) for i in axes}
+    for start in range(0, hu.shape[slow], step):
+        chunk = slice(start, start + step)
+        body = hu[(slice(None),) * slow + (chunk,)] > BODY_MIN_HU
+        for i in axes:
+            summed = body.sum(axis=tuple(a for a in range(hu.ndim) if a != i))
+            if i == slow:
+                counts[i][chunk] = summed
+            else:
+                counts[i] += summed
+    return counts
+
+
 def body_midline_x(affine: np.ndarray, shape: tuple[int, ...], image_hu: np.ndarray | None) -> tuple[float, str]:
     """World x (mm) of the patient's midline and how it was found.
 
     The x-centre of mass of the body (voxels above -500 HU) when the CT is given, else the image centre.
-    Only the voxel axes that move along world x are summed (one for an axis-aligned scan).
+    Only the voxel axes that move along world x are counted (one for an axis-aligned scan).
     """
     affine = np.asarray(affine, dtype=float)
     centre = (np.asarray(shape[:3], dtype=float) - 1) / 2
     method = "image centre (no CT given)"
     if image_hu is not None:
-        body = np.asarray(image_hu) > BODY_MIN_HU
-        if body.any():
-            for i in np.flatnonzero(affine[0, :3]):
-                counts = body.sum(axis=tuple(a for a in range(3) if a != i))
-                centre[i] = np.average(np.arange(body.shape[i]), weights=counts)
+        axes = [int(i) for i in np.flatnonzero(affine[0, :3])]
+        counts = _body_counts(image_hu, axes)
+        if counts[axes[0]].any():
+            for i in axes:
+                centre[i] = np.average(np.arange(shape[i]), weights=counts[i])
             method = f"x-centre of mass of the body (voxels > {BODY_MIN_HU:g} HU)"
         else:
             method = "image centre (no body voxel above -500 HU)"
