@@ -75,6 +75,7 @@ def main() -> None:
 
     image, label, affine = full_case(args.work)
     old = old_report_module(args.old_ref, args.work)
+    label_f, image_f = np.asfortranarray(label), np.asfortranarray(image)
     print(f"tumour report on a {'x'.join(map(str, image.shape))} int16 CT, {label.max()} label, 3 lesions")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print("| what | median s | min-max s |")
@@ -83,6 +84,9 @@ def main() -> None:
         f"report before ({args.old_ref})": lambda: old.tumour_report(label, affine, image),
         "report now": lambda: tumour_report(label, affine, image),
         "lungs alone now (thorax_masks)": lambda: thorax_masks(image, affine),
+        "report now, CT and mask in file order (as predict reads them)": lambda: tumour_report(
+            label_f, affine, image_f
+        ),
     }
     reports = {}
     for name, function in runs.items():
