@@ -3,8 +3,9 @@
 The lungs are the air-like voxels (< -400 HU) inside the torso, the two largest 3D components, holes
 (vessels, nodules) filled in each axial slice. The torso of a slice is the convex hull of its largest
 soft-tissue component (> -500 HU), so the air around the patient, the scanner's padding outside the scan
-circle (-1024, -2048, -3024) and the table underneath are left out, while the lungs of a tight crop that
-touch the image border are kept.
+circle (-1024, -2048, -3024) and the table underneath are left out, while the lungs of a crop that run off
+the image are kept where the torso still reaches round them (a crop cut on one or two sides; one that cuts
+the walls away all round loses them, as the slice-by-slice mask did).
 
 That search runs once, on every ``f``-th pixel in each direction with ``f`` the largest integer that
 keeps the coarse voxel at most :data:`COARSE_MM` (a 512x512x300 scan of 0.96 x 0.96 x 1.06 mm pixels
@@ -27,7 +28,7 @@ from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import AIR_MAX_HU, BODY_MIN_HU, axial_axis, voxel_spacing
 
 COARSE_MM = 3.0  # the coarse grid's voxel is at most this along each axis (no coarser than the scan)
-HULL_DIRECTIONS = 32  # sides of the polygon around each slice's torso (at most 0.4% wider than its hull)
+HULL_DIRECTIONS = 32  # sides of the polygon around each slice's torso (at most 0.5% wider than its hull)
 
 _IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)  # 4-connected within an axial slice (axial axis last)
 _IN_PLANE_CROSS[:, 1, 1] = _IN_PLANE_CROSS[1, :, 1] = True
@@ -39,7 +40,7 @@ def coarse_factors(spacing: tuple[float, ...]) -> tuple[int, ...]:
 
 
 def _sample(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Every ``f``-th voxel from the middle of each block of ``f``; a partial last block gets its own sample."""
+    """Every ``f``-th voxel, from the middle of each block of ``f`` (a last block too short repeats the one before)."""
     offsets = [min(f // 2, n - 1) for f, n in zip(factors, image.shape, strict=True)]
     view = image[tuple(slice(o, None, f) for o, f in zip(offsets, factors, strict=True))]
     short = [(0, -(-n // f) - m) for n, f, m in zip(image.shape, factors, view.shape, strict=True)]
