@@ -24,7 +24,8 @@ from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
 from lung_tumor.outputs import OutputPlan, marker
-from lung_tumor.report import label_in_bounding_box, lung_mask_near, tumour_report, write_report
+from lung_tumor.report import label_in_bounding_box, tumour_report, write_report
+from lung_tumor.thorax import ThoraxMasks, thorax_masks
 from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
 
@@ -44,6 +45,7 @@ class Prediction:
         spacing: voxel size in mm along the three array axes.
         image_hu: the input CT in HU.
         source: the file or DICOM folder read.
+        thorax: the CT's lungs when ``--lung-mask`` found them (the report reuses them), else None.
     """
 
     mask: np.ndarray
@@ -52,6 +54,7 @@ class Prediction:
     spacing: tuple[float, float, float]
     image_hu: np.ndarray
     source: Path
+    thorax: ThoraxMasks | None = None
 
 
 def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
@@ -67,20 +70,26 @@ def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: 
     return keep[labels].astype(mask.dtype)
 
 
-def keep_near_lungs(mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Keep the lesions that lie within :data:`LUNG_MARGIN_MM` of the lungs (a HU-based lung mask)."""
+def keep_near_lungs(
+    mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, thorax: ThoraxMasks | None = None
+) -> np.ndarray:
+    """Keep the lesions that lie within :data:`LUNG_MARGIN_MM` of the lungs (a HU-based lung mask).
+
+    ``thorax`` is :func:`~lung_tumor.thorax.thorax_masks` of the CT when already found (found here if not).
+    """
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
     labels, count = label_in_bounding_box(mask)
     if not count:
         return mask
-    lungs = lung_mask_near(mask, image_hu, affine, max(margin))
+    if thorax is None:
+        thorax = thorax_masks(image_hu, affine)
     keep = np.zeros(count + 1, dtype=bool)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         grown = tuple(
             slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, mask.shape, strict=True)
         )
-        near_lung = lungs[grown]
+        near_lung = thorax.lungs(grown)
         if near_lung.any():
             distance_mm = ndimage.distance_transform_edt(~near_lung, sampling=spacing)
             keep[index] = bool((distance_mm[labels[grown] == index] <= LUNG_MARGIN_MM).any())
@@ -162,9 +171,11 @@ class Predictor:
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
         mask = (probability_map > self.threshold).astype(np.uint8)
         mask = remove_small_lesions(mask, spacing, self.min_lesion_mm3)
+        thorax = None
         if self.lung_mask:
-            mask = keep_near_lungs(mask, image_hu, affine)
-        return Prediction(mask, probability_map, affine, spacing, image_hu, path)  # type: ignore[arg-type]
+            thorax = thorax_masks(image_hu, affine)
+            mask = keep_near_lungs(mask, image_hu, affine, thorax)
+        return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax)  # type: ignore[arg-type]
 
 
 def input_volumes(path: Path) -> list[Path]:
@@ -318,7 +329,10 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
             result.probability, result.affine, paths["probability"], description=marker("predict", "probability")
         )
     if "report_json" in paths:
-        spread = {"generator": marker("predict"), **tumour_report(result.mask, result.affine, result.image_hu)}
+        spread = {
+            "generator": marker("predict"),
+            **tumour_report(result.mask, result.affine, result.image_hu, thorax=result.thorax),
+        }
         spread["source"] = str(result.source)
         write_report(spread, paths["report_json"], paths["report_text"])
         log.info(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +21,9 @@ from scipy.spatial.distance import pdist
 
 from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
+
+if TYPE_CHECKING:
+    from lung_tumor.thorax import ThoraxMasks
 
 BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma below
 AIR_MAX_HU = -400.0  # "air-like" for the lung mask (lung parenchyma is about -900..-500)
@@ -42,11 +45,12 @@ CONVENTIONS = {
     "midline is the x-centre of mass of the body (voxels > -500 HU) when the CT is given, else the image centre",
     "contacts": "HU heuristic, needs the CT: lung = air-like voxels (< -400 HU) inside the body (per axial slice, "
     "inside the convex hull of the largest soft-tissue component > -500 HU), the two largest 3D components, "
-    "holes filled per slice "
-    "(vessels and nodules inside the lung count as lung). The lesion is dilated by 2 voxels; if at least 3 "
-    "dilated voxels are non-lung tissue (> -500 HU), it touches the mediastinum where that tissue lies between the "
-    "lungs (along the patient's left-right line, the nearest lung voxels on either side lie on opposite sides "
-    "of the midline), otherwise the chest wall (lateral, anterior or posterior wall, diaphragm)",
+    "holes filled per slice (vessels and nodules inside the lung count as lung); found once on a grid of every "
+    "f-th voxel (coarse voxel at most 3 mm) and refined around each lesion at full resolution: the air-like "
+    "voxels within one coarse voxel of the coarse lungs, holes filled per slice. The lesion is dilated by 2 "
+    "voxels; if at least 3 dilated voxels are non-lung tissue (> -500 HU), it touches the mediastinum where that "
+    "tissue lies between the lungs (along the patient's left-right line, the nearest lung voxels on either side "
+    "lie on opposite sides of the midline), otherwise the chest wall (lateral, anterior or posterior wall, diaphragm)",
 }
 
 
@@ -107,86 +111,65 @@ def longest_axial_diameter(lesion: np.ndarray, affine: np.ndarray) -> tuple[floa
     return best, best_slice
 
 
+def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]:
+    """Body voxels (> -500 HU) per index along each of ``axes``, read in chunks along the slowest axis."""
+    hu = np.asarray(image_hu)
+    slow = hu.ndim - 1 if hu.flags.f_contiguous and not hu.flags.c_contiguous else 0
+    step = max(1, (1 << 22) // max(1, hu.size // max(hu.shape[slow], 1)))  # about 4 M voxels a chunk
+    counts = {i: np.zeros(hu.shape[i], dtype=np.int64) for i in axes}
+    for start in range(0, hu.shape[slow], step):
+        chunk = slice(start, start + step)
+        body = hu[(slice(None),) * slow + (chunk,)] > BODY_MIN_HU
+        for i in axes:
+            summed = body.sum(axis=tuple(a for a in range(hu.ndim) if a != i))
+            if i == slow:
+                counts[i][chunk] = summed
+            else:
+                counts[i] += summed
+    return counts
+
+
 def body_midline_x(affine: np.ndarray, shape: tuple[int, ...], image_hu: np.ndarray | None) -> tuple[float, str]:
     """World x (mm) of the patient's midline and how it was found.
 
     The x-centre of mass of the body (voxels above -500 HU) when the CT is given, else the image centre.
+    Only the voxel axes that move along world x are counted (one for an axis-aligned scan).
     """
     affine = np.asarray(affine, dtype=float)
     centre = (np.asarray(shape[:3], dtype=float) - 1) / 2
     method = "image centre (no CT given)"
     if image_hu is not None:
-        body = np.asarray(image_hu) > BODY_MIN_HU
-        if body.any():
-            centre = np.array(
-                [
-                    np.average(np.arange(n), weights=body.sum(axis=tuple(a for a in range(3) if a != i)))
-                    for i, n in enumerate(body.shape)
-                ]
-            )
+        axes = [int(i) for i in np.flatnonzero(affine[0, :3])]
+        counts = _body_counts(image_hu, axes)
+        if counts[axes[0]].any():
+            for i in axes:
+                centre[i] = np.average(np.arange(shape[i]), weights=counts[i])
             method = f"x-centre of mass of the body (voxels > {BODY_MIN_HU:g} HU)"
         else:
             method = "image centre (no body voxel above -500 HU)"
     return float(affine[0, :3] @ centre + affine[0, 3]), method
 
 
-def _convex_polygon_mask(facets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels inside a 2D convex hull given by ``ConvexHull.equations`` (a x + b y + c <= 0), row by row."""
-    rows = np.arange(shape[0], dtype=float)[:, None]
-    a, b, c = facets[:, 0], facets[:, 1], facets[:, 2]
-    tol = 1e-9
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = (-c - a * rows) / b  # (rows, facets): the column where each facet's line crosses the row
-    upper = np.where(b > tol, bound, np.inf).min(axis=1)
-    lower = np.where(b < -tol, bound, -np.inf).max(axis=1)
-    row_ok = np.all(np.where(np.abs(b) <= tol, a * rows + c <= tol, True), axis=1)
-    columns = np.arange(shape[1], dtype=float)[None, :]
-    return row_ok[:, None] & (columns >= lower[:, None] - tol) & (columns <= upper[:, None] + tol)
-
-
-def _air_inside_torso(section_hu: np.ndarray) -> np.ndarray:
-    """Air-like pixels of one axial slice inside the convex hull of its largest soft-tissue component.
-
-    The hull, rather than "air not connected to the image border", keeps the lungs of a tight crop whose
-    lungs touch the border, and still excludes the air around the patient and the scanner's padding.
-    """
-    inside = np.zeros(section_hu.shape, dtype=bool)
-    air = section_hu < AIR_MAX_HU
-    labels, count = ndimage.label(section_hu > BODY_MIN_HU)
-    if not count or not air.any():
-        return inside
-    torso = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    outline = np.argwhere(torso & ~ndimage.binary_erosion(torso))
-    try:
-        facets = ConvexHull(outline).equations
-    except (QhullError, ValueError):  # fewer than 3 points or all on a line: no enclosed air
-        return inside
-    return air & _convex_polygon_mask(facets, section_hu.shape)
-
-
 def lung_mask(image_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """A rough lung mask from Hounsfield units (see :data:`CONVENTIONS` ``contacts``); may be empty."""
-    axis = axial_axis(affine)
-    hu = np.moveaxis(np.asarray(image_hu), axis, -1)
-    inside_air = np.stack([_air_inside_torso(hu[..., k]) for k in range(hu.shape[-1])], axis=-1)
-    labels, count = label_lesions(inside_air)
-    lungs = np.zeros_like(inside_air)
-    if count:
-        sizes = np.bincount(labels.ravel())[1:]
-        lungs = np.isin(labels, np.argsort(sizes)[::-1][:2] + 1)
-        for k in range(lungs.shape[-1]):
-            lungs[..., k] = ndimage.binary_fill_holes(lungs[..., k])
-    return np.moveaxis(lungs, -1, axis)
+    """The lung mask of a whole CT at full resolution (see :mod:`lung_tumor.thorax`); may be empty."""
+    from lung_tumor.thorax import thorax_masks
+
+    return thorax_masks(image_hu, affine).lungs()
 
 
 def mask_bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """The smallest box holding every non-zero voxel, grown by ``margin`` voxels; None for an empty mask."""
-    box = []
+    """The smallest box holding every non-zero voxel, grown by ``margin`` voxels; None for an empty mask.
+
+    One pass over the whole mask finds the first axis's range; the others are searched inside it.
+    """
+    box, inside = [], mask
     for axis in range(mask.ndim):
-        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        hits = np.flatnonzero(np.any(inside, axis=tuple(a for a in range(mask.ndim) if a != axis)))
         if not hits.size:
             return None
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+        low, high = int(hits[0]), int(hits[-1]) + 1
+        inside = inside[(slice(None),) * axis + (slice(low, high),)]
+        box.append(slice(max(low - margin, 0), min(high + margin, mask.shape[axis])))
     return tuple(box)
 
 
@@ -200,40 +183,27 @@ def label_in_bounding_box(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, count
 
 
-def lung_mask_near(mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, margin: int) -> np.ndarray:
-    """:func:`lung_mask` on the axial slices of the mask's lesions (and ``margin`` more), empty elsewhere.
-
-    The lungs are found slice by slice, so the slab gives the same lungs there as the whole CT would,
-    up to the choice of the two largest components, at a fraction of the time.
-    """
-    lungs = np.zeros(mask.shape, dtype=bool)
-    box = mask_bounding_box(mask, margin)
-    if box is not None:
-        axis = axial_axis(affine)
-        slab = tuple(box[a] if a == axis else slice(None) for a in range(3))
-        lungs[slab] = lung_mask(np.asarray(image_hu)[slab], affine)
-    return lungs
-
-
 def _contacts(
     lesion_box: np.ndarray,
     box: tuple[slice, ...],
     all_lesions: np.ndarray,
-    lungs: np.ndarray,
+    thorax: ThoraxMasks,
     image_hu: np.ndarray,
     affine: np.ndarray,
     midline_x: float,
 ) -> tuple[bool, bool]:
     """Whether the lesion (given inside ``box``) touches the chest wall and the mediastinum."""
+    # the lungs on the patient's left-right lines through the box: the whole width of the CT
+    lr_axis = left_right_axis(affine)
+    row_box = tuple(slice(None) if a == lr_axis else box[a] for a in range(3))
+    row_lungs = thorax.lungs(row_box)
+    lungs_box = row_lungs[tuple(box[a] if a == lr_axis else slice(None) for a in range(3))]
     dilated = ndimage.binary_dilation(lesion_box, iterations=CONTACT_DILATION_VOXELS)
-    tissue = dilated & ~all_lesions[box] & ~lungs[box] & (image_hu[box] > BODY_MIN_HU)
+    tissue = dilated & ~all_lesions[box] & ~lungs_box & (image_hu[box] > BODY_MIN_HU)
     if tissue.sum() < MIN_CONTACT_VOXELS:
         return False, False
     # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either
     # side: tissue whose two nearest lung voxels lie on opposite sides of the midline is between the lungs.
-    lr_axis = left_right_axis(affine)
-    row_box = tuple(slice(None) if a == lr_axis else box[a] for a in range(3))
-    row_lungs = lungs[row_box]
     length = row_lungs.shape[lr_axis]
     index = np.arange(length).reshape([-1 if a == lr_axis else 1 for a in range(3)])
     before = np.maximum.accumulate(np.where(row_lungs, index, -1), axis=lr_axis)
@@ -250,7 +220,9 @@ def _contacts(
     return int((~between).sum()) >= MIN_CONTACT_VOXELS, int(between.sum()) >= MIN_CONTACT_VOXELS
 
 
-def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | None = None) -> dict[str, Any]:
+def tumour_report(
+    mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | None = None, thorax: ThoraxMasks | None = None
+) -> dict[str, Any]:
     """Describe the tumour of a segmentation mask: volume, lesions, diameters, position and contacts.
 
     Args:
@@ -258,6 +230,8 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
         affine: 4x4 voxel-to-world (RAS+ mm) affine of the mask, as nibabel gives it.
         image_hu: the CT in Hounsfield units on the same grid; needed for the body midline and the
             chest-wall / mediastinum contacts (``None`` with a reason without it).
+        thorax: the CT's lungs when already found (:func:`lung_tumor.thorax.thorax_masks` of ``image_hu``,
+            as ``predict --lung-mask`` does); found here when needed and not given.
 
     Returns:
         A JSON-ready mapping: ``total_volume_ml``, ``lesion_count``, ``spacing_mm``, ``orientation``,
@@ -280,23 +254,32 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
     spacing = voxel_spacing(affine)
     axis = axial_axis(affine)
     midline_x, midline_method = body_midline_x(affine, mask.shape, image_hu)
-    labels, count = label_in_bounding_box(mask)
+    margin = CONTACT_DILATION_VOXELS + 1
+    # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
+    outer = mask_bounding_box(mask, margin) or (slice(0, 1),) * 3  # an empty mask: one empty voxel
+    labels, count = label_lesions(mask[outer])
 
-    lungs, contact_note = None, None
+    contact_note = None
     if image_hu is None:
         contact_note = "unknown: no CT given"
     elif count:
-        lungs = lung_mask_near(mask, image_hu, affine, CONTACT_DILATION_VOXELS + 1)
-        if not lungs.any():
-            lungs, contact_note = None, "unknown: no lung found in the CT (HU-based lung mask empty)"
+        if thorax is None:
+            from lung_tumor.thorax import thorax_masks
+
+            thorax = thorax_masks(image_hu, affine)
+        slab = tuple(outer[a] if a == axis else slice(None) for a in range(3))
+        if not thorax.any_lungs(slab):
+            contact_note = "unknown: no lung found in the CT (HU-based lung mask empty)"
 
     lesions = []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        margin = CONTACT_DILATION_VOXELS + 1
+    for index, local in enumerate(ndimage.find_objects(labels), start=1):
         box = tuple(
-            slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, mask.shape, strict=True)
+            slice(max(o.start + s.start - margin, 0), min(o.start + s.stop + margin, n))
+            for o, s, n in zip(outer, local, mask.shape, strict=True)
         )
-        lesion_box = labels[box] == index
+        lesion_box = (
+            labels[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer, strict=True))] == index
+        )
         offset = np.array([s.start for s in box], dtype=float)
         voxels = int(lesion_box.sum())
         volume_ml = voxels * voxel_mm3 / 1000.0
@@ -305,8 +288,8 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
         diameter, diameter_slice = longest_axial_diameter(lesion_box, affine)
         slices = np.flatnonzero(np.any(lesion_box, axis=tuple(a for a in range(3) if a != axis))) + box[axis].start
         touches_wall = touches_mediastinum = None
-        if lungs is not None:
-            touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, lungs, image_hu, affine, midline_x)
+        if contact_note is None:
+            touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, thorax, image_hu, affine, midline_x)
         lesions.append(
             {
                 "volume_ml": volume_ml,
@@ -328,7 +311,7 @@ def tumour_report(mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | N
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
     return {
-        "total_volume_ml": float(mask.sum() * voxel_mm3 / 1000.0),
+        "total_volume_ml": float(np.count_nonzero(mask[outer]) * voxel_mm3 / 1000.0),
         "lesion_count": count,
         "spacing_mm": list(spacing),
         "orientation": "".join(nib.aff2axcodes(affine)),
