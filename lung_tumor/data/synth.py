@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from lung_tumor.data import variety as _variety
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.data.tumour_model import tumour_shape, tumour_texture
 from lung_tumor.errors import LungTumorError
@@ -81,6 +82,10 @@ class SyntheticCase:
         tumours: one dict per lesion: ``centre_voxel`` and ``centre_mm`` (centroid of the label
             voxels of the lesion), ``diameter_mm`` (nominal), ``voxels``, ``volume_ml``, ``location``.
         noise_hu: standard deviation of the scanner noise in the final image.
+        variety: ``default`` or ``varied`` (see :func:`synthesize_case`).
+        findings: ``varied`` only: one dict per finding that is not tumour (``kind``, size, voxels), never labelled.
+        tissue: ``varied`` only: uint8 map of :data:`lung_tumor.data.variety.TISSUE_CODES` (vessels, airways,
+            fissures, findings, tumour parts), for tests and HU comparisons; not written to disk.
     """
 
     case_id: str
@@ -89,6 +94,9 @@ class SyntheticCase:
     affine: np.ndarray
     tumours: list[dict[str, Any]] = field(default_factory=list)
     noise_hu: float = 0.0
+    variety: str = "default"
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    tissue: np.ndarray | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -137,6 +145,7 @@ class _Volume:
         self.hu = np.empty(shape, np.float32)
         self.lung = np.zeros(shape, bool)
         self.label = np.zeros(shape, np.uint8)
+        self.tissue = np.zeros(shape, np.uint8)  # finding and tumour-part codes of the varied engine
 
     def box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]] | None:
         """Index box covering ``[lo_mm, hi_mm]`` (grid mm) and the broadcastable mm coordinates in it."""
@@ -244,7 +253,8 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
 
     # Body outline: an ellipse with a random low-order radial modulation; depth below the skin in mm.
     theta = np.arctan2(y * a, x * b)
-    modulation = 1 + sum(rng.uniform(-0.04, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+    lobes = v.get("body_lobes", 0.04)
+    modulation = 1 + sum(rng.uniform(-lobes, lobes) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
     radius = np.sqrt((x / a) ** 2 + (y / b) ** 2) / modulation
     depth = (1 - radius) * a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2) * modulation
     fat_end = 2 + v["fat_thickness"]
@@ -262,7 +272,8 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
     # Diaphragm: two domes (the right one higher) over the lowest lung point z_diaphragm.
     dome = np.zeros_like(x)
     for side, height in ((-1, rng.uniform(35, 55)), (1, rng.uniform(25, 45))):
-        r2 = ((x - side * 0.45 * a) / (0.5 * a)) ** 2 + ((y + 0.15 * b) / (0.75 * b)) ** 2
+        height = height * v.get("dome_right" if side < 0 else "dome_left", 1.0)
+        r2 = ((x - side * 0.45 * a) / (v.get("dome_width", 0.5) * a)) ** 2 + ((y + 0.15 * b) / (0.75 * b)) ** 2
         dome = np.maximum(dome, height * np.clip(1 - r2, 0, 1))
     z_dome = anat.z_diaphragm + dome
 
@@ -278,6 +289,9 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
 
     heart_c = (rng.uniform(15, 35), -0.2 * b, anat.z_diaphragm + 0.22 * anat.lung_height + 25)
     heart_r = (rng.uniform(50, 65), rng.uniform(0.45, 0.55) * b, rng.uniform(45, 60))
+    if "heart_scale" in v:  # the varied engine: heart size and position
+        heart_c = (heart_c[0] + v["heart_dx"], heart_c[1], heart_c[2] + v["heart_dz"])
+        heart_r = tuple(r * v["heart_scale"] for r in heart_r)
     heart_xy = ((x - heart_c[0]) / heart_r[0]) ** 2 + ((y - heart_c[1]) / heart_r[1]) ** 2
     heart_z = ((zs - heart_c[2]) / heart_r[2]) ** 2
 
@@ -292,9 +306,10 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
     d_arch = (x - ascending[0] - t * ax) ** 2 + (y - ascending[1] - t * ay) ** 2
 
     # Lungs: two ellipses cut by the chest wall, mediastinum, heart, spine and aorta; rounded apex.
+    lung_c, lung_w = v.get("lung_centre", 0.48) * a, v.get("lung_width", 0.52) * a
     lung_ellipse = np.minimum(
-        ((x + 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
-        ((x - 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
+        ((x + lung_c) / lung_w) ** 2 + ((y - 0.05 * b) / b) ** 2,
+        ((x - lung_c) / lung_w) ** 2 + ((y - 0.05 * b) / b) ** 2,
     )
     h = (zs - anat.z_diaphragm) / anat.lung_height
     lung_scale2 = np.where(h < 0.35, 1.0, np.clip(1 - ((h - 0.35) / 0.65) ** 2, 0, 1)).astype(np.float32)
@@ -388,8 +403,13 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
         vol.lung[:, :, k0:k1] = lung.reshape(nx, ny, -1)
 
 
-def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None:
-    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees."""
+def _paint_airways_and_vessels(
+    vol: _Volume, anat: _Anatomy, rng: np.random.Generator, varied: bool = False
+) -> list[tuple[int, np.ndarray]]:
+    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees; returns the hila.
+
+    ``varied`` grows the trees of :func:`lung_tumor.data.variety.paint_trees` instead of the default ones.
+    """
     b = anat.half_depth
     v = anat.values
 
@@ -397,13 +417,20 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
         return np.array([anat.centre[0] + x_mm, anat.centre[1] + y_mm, z_mm])
 
     def airway(start: np.ndarray, end: np.ndarray, r0: float, r1: float, only_lung: bool) -> None:
-        for radius_extra, value in ((1.5, v["soft"]), (0.0, -990.0)):
+        wall = 0.5 + 0.25 * r0 if varied else 1.5  # varied: walls in proportion to the bronchus
+        painted = []
+        for radius_extra, value in ((wall, v["soft"]), (0.0, -990.0)):
             index, inside = vol.tube(start, end, r0 + radius_extra, r1 + radius_extra)
             if only_lung:
                 inside = inside & vol.lung[index]
             elif radius_extra:
                 vol.lung[index] &= ~inside
             vol.hu[index][inside] = value
+            vol.tissue[index][inside] = _variety.TISSUE_CODES["airway"]
+            painted.append((index, inside))
+        if varied and only_lung:  # bronchi are not parenchyma: tumours abut them
+            for index, inside in painted:
+                vol.lung[index] &= ~inside
 
     carina = grid(0, 0.5 * b - rng.uniform(45, 55), anat.z_hilum + rng.uniform(15, 30))
     top = carina.copy()
@@ -419,6 +446,9 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
         vol.lung[index] &= ~inside
         vol.hu[index][inside] = v["blood"]
 
+    if varied:
+        _variety.paint_trees(vol, anat, rng, hila, airway)
+        return hila
     for side, hilum in hila:
         bronchi = _branching_tree(rng, vol, hilum, side, radius=4.0, min_radius=2.0, max_segments=12, roots=4)
         for start, end, r0, r1 in bronchi:
@@ -437,6 +467,7 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
             index, inside = vol.tube(start, end, r0, r1)
             inside &= vol.lung[index]
             vol.hu[index][inside] = v["blood"] + rng.uniform(-15, 15)
+    return hila
 
 
 def _branching_tree(
@@ -536,39 +567,58 @@ def _affine(anat: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     return affine
 
 
-def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | None = None) -> SyntheticCase:
+def synthesize_case(
+    case_index: int, seed: int, size: str, with_tumour: bool | None = None, variety: str = "default"
+) -> SyntheticCase:
     """Make one synthetic chest CT.
 
     Args:
         case_index: the case number (``lung_{case_index:03d}``); with ``seed`` it fixes every random draw.
         seed: dataset seed.
         size: ``small`` or ``full`` (see the module docstring).
-        with_tumour: force tumours on or off; by default every 8th case has none.
+        with_tumour: force tumours on or off; by default every 8th case has none (``varied``: a fifth, drawn).
+        variety: ``default`` (the engine as it always was: same seed, same bytes) or ``varied``
+            (:mod:`lung_tumor.data.variety`: varied anatomy, findings that are not tumour, every tumour kind).
 
     Returns:
         The image, label, affine and ground-truth lesion list.
 
     Raises:
-        LungTumorError: unknown size or a negative case index.
+        LungTumorError: unknown size or variety, or a negative case index.
 
     Examples::
 
         case = synthesize_case(1, seed=0, size="small")
+        varied = synthesize_case(1, seed=0, size="small", variety="varied")
+        varied.tumours[0]["kind"], [f["kind"] for f in varied.findings]
         case.image.shape, case.tumours[0]["volume_ml"]
     """
     if size not in _GEOMETRY:
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
     if case_index < 0:
         raise LungTumorError(f"case index must be >= 0, got {case_index}")
+    if variety not in _variety.VARIETIES:
+        raise LungTumorError(f"unknown variety {variety!r}; use one of {_variety.VARIETIES}")
+    varied = variety == "varied"
     rng = np.random.default_rng([seed, case_index])
     anat = _draw_anatomy(rng, _GEOMETRY[size])
+    if varied:
+        anat = _variety.vary_anatomy(anat, rng)
     vol = _Volume(anat.shape, anat.spacing)
     _paint_slabs(vol, anat, rng)
-    _paint_airways_and_vessels(vol, anat, rng)
-    if with_tumour is None:
-        with_tumour = case_index % NO_TUMOUR_EVERY != 0
-    count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
-    lesions = _paint_tumours(vol, anat, rng, count)
+    hila = _paint_airways_and_vessels(vol, anat, rng, varied)
+    findings: list[dict[str, Any]] = []
+    if varied:
+        findings = _variety.paint_lung_wide(vol, anat, rng) + _variety.paint_findings(vol, anat, rng)
+        if with_tumour is None:
+            with_tumour = _variety.has_tumour(seed, case_index)
+        count = int(rng.choice([1, 2, 3, 4, 5], p=[0.4, 0.25, 0.15, 0.1, 0.1])) if with_tumour else 0
+        lesions = _variety.paint_tumours(vol, anat, rng, hila, count)
+    else:
+        if with_tumour is None:
+            with_tumour = case_index % NO_TUMOUR_EVERY != 0
+        count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
+        lesions = _paint_tumours(vol, anat, rng, count)
     image = _finish(vol, anat, rng)
     affine = _affine(anat, rng)
     voxel_ml = float(np.prod(anat.spacing)) / 1000
@@ -585,9 +635,13 @@ def synthesize_case(case_index: int, seed: int, size: str, with_tumour: bool | N
                 "voxels": voxels,
                 "volume_ml": round(voxels * voxel_ml, 4),
                 "location": lesion["location"],
+                **({"kind": lesion["kind"]} if "kind" in lesion else {}),
             }
         )
-    return SyntheticCase(synthetic_case_id(case_index), image, vol.label, affine, tumours, anat.values["noise"])
+    case = SyntheticCase(synthetic_case_id(case_index), image, vol.label, affine, tumours, anat.values["noise"])
+    if varied:
+        case.variety, case.findings, case.tissue = variety, findings, vol.tissue
+    return case
 
 
 def synthetic_case_id(index: int) -> str:
