@@ -22,7 +22,13 @@ def _synth(args: argparse.Namespace) -> None:
     from lung_tumor.data.synth import synthesize_dataset
 
     synthesize_dataset(
-        args.out, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, overwrite=args.overwrite
+        args.out,
+        cases=args.cases,
+        size=args.size,
+        seed=args.seed,
+        test_cases=args.test_cases,
+        overwrite=args.overwrite,
+        variety=args.variety,
     )
 
 
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--variety",
+        choices=("default", "varied"),
+        default="default",
+        help="varied: varied anatomy, findings that are not tumour, every tumour kind, a fifth tumour-free",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_synth)
 

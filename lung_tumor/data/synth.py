@@ -662,7 +662,13 @@ def _check_output_folder(out: Path) -> None:
 
 
 def synthesize_dataset(
-    out: str | Path, cases: int, size: str = "small", seed: int = 0, test_cases: int = 0, overwrite: bool = False
+    out: str | Path,
+    cases: int,
+    size: str = "small",
+    seed: int = 0,
+    test_cases: int = 0,
+    overwrite: bool = False,
+    variety: str = "default",
 ) -> Path:
     """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
 
@@ -673,12 +679,14 @@ def synthesize_dataset(
         seed: dataset seed; the same seed gives the same arrays.
         test_cases: unlabelled cases in ``imagesTs/``, numbered after the training cases.
         overwrite: replace files of ``out`` that lung-tumor did not write (a real dataset's scans).
+        variety: ``default`` or ``varied`` (see :func:`synthesize_case`); ``varied`` records each tumour's
+            kind and each case's findings in the truth file.
 
     Returns:
         The dataset folder.
 
     Raises:
-        LungTumorError: bad counts, unknown size, ``out`` is a non-empty folder that is not a dataset, or an
+        LungTumorError: bad counts, unknown size or variety, ``out`` is a non-empty folder that is not a dataset, or an
             output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never overwritten
             without ``overwrite``).
     """
@@ -689,6 +697,8 @@ def synthesize_dataset(
         raise LungTumorError(f"--test-cases must be 0 or more, got {test_cases!r}")
     if size not in _GEOMETRY:
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
+    if variety not in _variety.VARIETIES:
+        raise LungTumorError(f"unknown variety {variety!r}; use one of {_variety.VARIETIES}")
     _check_output_folder(out)
     plan = OutputPlan(overwrite=overwrite)
     plan.add_folder(out)
@@ -705,10 +715,12 @@ def synthesize_dataset(
 
     started = time.perf_counter()
     truth: dict[str, Any] = {"generator": marker("synth"), "seed": seed, "size": size, "cases": {}}
+    if variety != "default":
+        truth["variety"] = variety
     training_ids, test_ids = [], []
     lesions = 0
     for index in tqdm(range(1, cases + test_cases + 1), desc="synth", unit="case", disable=None):
-        case = synthesize_case(index, seed, size)
+        case = synthesize_case(index, seed, size, variety=variety)
         training = index <= cases
         folder = "imagesTr" if training else "imagesTs"
         save_nifti(case.image, case.affine, out / folder / f"{case.case_id}.nii.gz", marker("synth", "image"))
@@ -725,8 +737,12 @@ def synthesize_dataset(
             "noise_hu": round(case.noise_hu, 2),
             "tumours": case.tumours,
         }
+        if variety != "default":
+            truth["cases"][case.case_id]["findings"] = case.findings
 
     note = f"lung_tumor synth, size {size}, seed {seed}; ground truth in {TRUTH_FILE}"
+    if variety != "default":
+        note = f"lung_tumor synth, size {size}, variety {variety}, seed {seed}; ground truth in {TRUTH_FILE}"
     write_dataset_json(out, training_ids, test_ids, synthetic=note)
     write_json(out / TRUTH_FILE, truth)
     log.info(

@@ -112,7 +112,7 @@ def tumour_of_kind(
     """Shape, HU and parts of one tumour of a given kind (non-small-cell lung cancer appearances).
 
     ``solid``: a compact solid with at most one lobe; ``lobulated``: 3-6 lobes; ``spiculated``: spikes;
-    ``part-solid``: a solid core (30-60 % of the radius) inside a ground-glass halo; ``ground-glass``:
+    ``part-solid``: a solid core (40-65 % of the radius) inside a ground-glass halo; ``ground-glass``:
     the halo alone; ``cavitary``: a thick solid wall (25-45 % of the radius) around air. The label of
     every kind is the whole lesion (halo and cavity included), as radiologists outline it.
 
@@ -150,5 +150,5 @@ def tumour_of_kind(
     if kind == "ground-glass":
         return mask, halo.astype(np.float32), {"ground_glass": mask}
     offset = rng.uniform(-0.2, 0.2, 3) * radius
-    core = mask & tumour_shape(rng, coords, centre + offset, radius * rng.uniform(0.3, 0.6), lobes=1, spiculated=False)
+    core = mask & tumour_shape(rng, coords, centre + offset, radius * rng.uniform(0.4, 0.65), lobes=1, spiculated=False)
     return mask, np.where(core, solid, halo).astype(np.float32), {"solid": core, "ground_glass": mask & ~core}

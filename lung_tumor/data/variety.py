@@ -426,7 +426,7 @@ def paint_tumours(
     lo_d, hi_d = tumour_sizes(anat)
     kind_sizes = {
         "ground-glass": (lo_d, 40.0),
-        "part-solid": (max(lo_d, 8.0, 6 * float(anat.spacing[0])), 50.0),
+        "part-solid": (max(lo_d, 8.0, 8 * float(anat.spacing[0])), 50.0),
         "cavitary": (max(lo_d, 15.0, 8 * float(anat.spacing[0])), hi_d),
     }
     for _ in range(count):
@@ -477,7 +477,8 @@ def _place_tumour(
         return None
     index, coords = found
     mask, hu, parts = tumour_of_kind(rng, coords, point, radius, kind)
-    allowed = vol.lung[index] & (vol.label[index] == 0)
+    # never touching another tumour (not even diagonally), so each label component belongs to one lesion
+    allowed = vol.lung[index] & ~ndimage.binary_dilation(vol.label[index] > 0, np.ones((3, 3, 3), bool))
     mask &= allowed
     nominal_voxels = 4 / 3 * np.pi * radius**3 / float(np.prod(anat.spacing))
     if mask.sum() < max(0.4 * nominal_voxels, 4) or any(not (part & mask).any() for part in parts.values()):
