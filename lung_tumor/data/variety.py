@@ -9,7 +9,7 @@ generator, so a varied case too depends only on ``(seed, case number)``.
   island surrounded by lung), heart size and position.
 - Vessels and bronchi (:func:`paint_trees`): per lung an arterial tree that runs beside the bronchi
   (bronchovascular bundles) and a venous tree, both connected, tapering with each generation
-  (asymmetric branching: a major child keeps 80-92 % of the radius, a minor one 45-75 %) down to a
+  (asymmetric branching: a major child keeps 82-95 % of the radius, a minor one 60-85 %) down to a
   grid-dependent minimum radius that they reach near the pleura; bronchi with walls.
 - Fissures (:func:`paint_lung_wide`): two oblique and the right horizontal fissure, thin slightly dense
   sheets painted with their partial-volume share of each voxel.
@@ -128,7 +128,7 @@ def paint_trees(
     """
     v = anat.values
     min_radius = anat.geometry.min_vessel_radius_mm
-    min_lumen = max(1.0, 0.45 * float(anat.spacing[0]))
+    min_lumen = max(1.5, 0.45 * float(anat.spacing[0]))  # bronchi fade out before the arteries beside them
     budget = 2 * anat.geometry.max_vessel_segments
     for side, hilum in hila:
         for tree in ("artery", "vein"):
@@ -139,7 +139,7 @@ def paint_trees(
             segments = 0
             stack = []
             for _ in range(int(rng.integers(5, 9))):  # lobar and segmental branches
-                d = _unit(np.array([side * 0.7, 0.0, 0.0]) + rng.standard_normal(3) * (0.6, 1.0, 1.5))
+                d = _unit(np.array([side * 0.5, 0.0, 0.0]) + rng.standard_normal(3) * (0.5, 0.8, 2.0))
                 d[0] = side * abs(d[0])
                 radius = rng.uniform(3.5, 6.5)
                 bronchus = radius * rng.uniform(0.8, 1.1) if tree == "artery" else 0.0
@@ -148,8 +148,8 @@ def paint_trees(
                 stack.append((start, d, radius, bronchus, start + beside * (radius + bronchus + 1.5), beside, 0))
             while stack and segments < budget:
                 start, direction, r0, rb, b_start, beside, generation = stack.pop(0)  # breadth first
-                length = rng.uniform(4.0, 8.0) * r0 + 3.0
-                r1 = r0 * rng.uniform(0.92, 0.97)
+                length = rng.uniform(3.0, 6.0) * r0 + 2.0
+                r1 = r0 * rng.uniform(0.95, 0.99)
                 end = start + direction * length
                 grows = generation < 2 or _in_lung_or_tree(vol, end)
                 _paint_tube(vol, start, end, r0, r1, blood, TISSUE_CODES["vessel"], solid=r0 > 2.5)
@@ -159,11 +159,11 @@ def paint_trees(
                     offset = _unit(np.cross(direction, np.cross(beside, direction)))
                     b_end = end + offset * (r1 + rb + 0.3 * rb + 0.5)
                     airway(b_start, b_end, rb, rb * 0.95, True)
-                if r1 < min_radius / 0.8 or not grows:
+                if r1 < min_radius / 0.82 or not grows:
                     continue
-                outward = _unit(np.array([side, 0.0, 0.0]) + 0.5 * _unit(end - root))
-                major = r1 * rng.uniform(0.8, 0.92)
-                minor = r1 * rng.uniform(0.45, 0.75)
+                outward = _unit(_unit(end - root) + np.array([0.3 * side, 0.0, 0.0]))
+                major = r1 * rng.uniform(0.82, 0.95)
+                minor = r1 * rng.uniform(0.6, 0.85)
                 for r_child, angle in ((major, rng.uniform(0.1, 0.4)), (minor, rng.uniform(0.6, 1.1))):
                     if r_child < min_radius:
                         continue
@@ -282,7 +282,7 @@ def _paint_emphysema(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> 
     """Centrilobular emphysema: round holes below -950 HU, most in the upper lung; returns the voxel count."""
     smallest = 1.2 * float(max(anat.spacing[:2]))
     upper = anat.z_diaphragm + rng.uniform(0.3, 0.6) * anat.lung_height
-    holes = int(rng.integers(20, 200))
+    holes = int(rng.integers(50, 400))
     count = 0
     for _ in range(holes):
         point = _random_lung_point(vol, rng, lambda p: p[2] > upper or rng.random() < 0.2)
@@ -343,7 +343,7 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
         point = _random_lung_point(vol, rng)
         if point is None:
             break
-        direction = _unit(rng.standard_normal(3) * (1, 1, 0.5))
+        direction = _unit(rng.standard_normal(3) * (1, 1, 0.3))  # mostly in-plane, like most scars
         radius = max(0.8, 0.5 * pixel)
         hu = rng.uniform(-80.0, 30.0)
         voxels = 0
