@@ -128,7 +128,7 @@ def paint_trees(
     """
     v = anat.values
     min_radius = anat.geometry.min_vessel_radius_mm
-    min_lumen = max(1.5, 0.45 * float(anat.spacing[0]))  # bronchi fade out before the arteries beside them
+    min_lumen = max(2.0, 0.45 * float(anat.spacing[0]))  # bronchi fade out before the arteries beside them
     budget = 2 * anat.geometry.max_vessel_segments
     for side, hilum in hila:
         for tree in ("artery", "vein"):
@@ -305,13 +305,14 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
     pixel = float(max(anat.spacing[:2]))
     z_low = anat.z_diaphragm + 0.4 * anat.lung_height
 
-    def record(kind: str, centre: np.ndarray, size_mm: float, voxels: int) -> None:
+    def record(kind: str, index: tuple[slice, ...], mask: np.ndarray, size_mm: float) -> None:
+        centre = np.argwhere(mask).mean(axis=0) + [s.start for s in index]
         records.append(
             {
                 "kind": kind,
-                "centre_voxel": [round(float(c), 2) for c in centre / vol.spacing],
+                "centre_voxel": [round(float(c), 2) for c in centre],
                 "size_mm": round(size_mm, 2),
-                "voxels": voxels,
+                "voxels": int(mask.sum()),
             }
         )
 
@@ -337,7 +338,8 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
         vol.hu[index][wedge] = rng.uniform(10.0, 50.0) + rng.uniform(-8, 8)
         vol.tissue[index][wedge] = TISSUE_CODES["atelectasis"]
         vol.lung[index] &= ~wedge
-        record("atelectasis", point, length, int(wedge.sum()))
+        if wedge.any():
+            record("atelectasis", index, wedge, length)
 
     for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.55, 0.25, 0.12, 0.08]))):  # scars: bands to the pleura
         point = _random_lung_point(vol, rng)
@@ -346,8 +348,8 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
         direction = _unit(rng.standard_normal(3) * (1, 1, 0.3))  # mostly in-plane, like most scars
         radius = max(0.8, 0.5 * pixel)
         hu = rng.uniform(-80.0, 30.0)
-        voxels = 0
         start = point
+        pieces = []
         for _ in range(int(rng.integers(2, 5))):
             end = start + direction * rng.uniform(8, 18)
             index, inside = vol.tube(start, end, radius, radius)
@@ -355,10 +357,15 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
             vol.hu[index][inside] = hu
             vol.tissue[index][inside] = TISSUE_CODES["scar"]
             vol.lung[index] &= ~inside
-            voxels += int(inside.sum())
+            pieces.append(np.argwhere(inside) + [s.start for s in index])
             start, direction = end, _turn(rng, direction, rng.uniform(0.0, 0.35))
-        if voxels:
-            record("scar", point, float(np.linalg.norm(start - point)), voxels)
+        band = np.concatenate(pieces)
+        if len(band):
+            lo = band.min(axis=0)
+            box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, band.max(axis=0), strict=True))
+            mask = np.zeros([s.stop - s.start for s in box], bool)
+            mask[tuple((band - lo).T)] = True
+            record("scar", box, mask, float(np.linalg.norm(start - point)))
 
     for _ in range(int(rng.choice([0, 1, 2, 4], p=[0.5, 0.25, 0.15, 0.1]))):  # calcified granulomas
         point = _random_lung_point(vol, rng)
@@ -375,7 +382,7 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
         vol.tissue[index][inside] = TISSUE_CODES["granuloma"]
         vol.lung[index] &= ~inside
         if inside.any():
-            record("granuloma", point, 2 * radius, int(inside.sum()))
+            record("granuloma", index, inside, 2 * radius)
 
     for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):  # ground-glass patches
         point = _random_lung_point(vol, rng)
@@ -398,7 +405,7 @@ def paint_findings(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> li
         core = (weight > 0.7) & (vol.tissue[index] == 0)
         vol.tissue[index][core] = TISSUE_CODES["ground_glass"]
         if core.any():
-            record("ground_glass", point, 2 * radius, int(core.sum()))
+            record("ground_glass", index, core, 2 * radius)
     return records
 
 
@@ -415,9 +422,14 @@ def tumour_sizes(anat: _Anatomy) -> tuple[float, float]:
 
 
 def paint_tumours(
-    vol: _Volume, anat: _Anatomy, rng: np.random.Generator, hila: list[tuple[int, np.ndarray]], count: int
+    vol: _Volume,
+    anat: _Anatomy,
+    rng: np.random.Generator,
+    hila: list[tuple[int, np.ndarray]],
+    count: int,
+    case_index: int,
 ) -> list[dict[str, Any]]:
-    """Place ``count`` tumours of drawn kinds and locations; paints HU, label and tissue codes.
+    """Place ``count`` tumours of all kinds at all locations; paints HU, label and tissue codes.
 
     Returns:
         Raw lesion records (``index``, ``mask``, ``centre``, ``radius``, ``kind``, ``location``).
@@ -429,9 +441,14 @@ def paint_tumours(
         "part-solid": (max(lo_d, 8.0, 8 * float(anat.spacing[0])), 50.0),
         "cavitary": (max(lo_d, 15.0, 8 * float(anat.spacing[0])), hi_d),
     }
-    for _ in range(count):
-        kind = str(rng.choice(TUMOUR_KINDS))
-        location = str(rng.choice(LOCATIONS, p=[0.35, 0.3, 0.2, 0.15]))
+    for k in range(count):
+        # kinds in turn (by case number), and the first tumour's location too, so that every few cases show
+        # every kind and location; further locations are drawn, peripheral ones most often
+        kind = TUMOUR_KINDS[(case_index + k) % len(TUMOUR_KINDS)]
+        if k == 0:
+            location = LOCATIONS[case_index % len(LOCATIONS)]
+        else:
+            location = str(rng.choice(LOCATIONS, p=[0.35, 0.3, 0.2, 0.15]))
         lo, hi = kind_sizes.get(kind, (lo_d, hi_d))
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         for attempt in range(40):
