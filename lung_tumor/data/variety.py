@@ -17,8 +17,8 @@ generator, so a varied case too depends only on ``(seed, case number)``.
   calcified granulomas.
 - Tumours (:func:`paint_tumours`): the kinds of :data:`lung_tumor.data.tumour_model.TUMOUR_KINDS`, at
   peripheral, pleural-based, perihilar or mediastinal-abutting locations, 3 mm to 10 cm (the smallest
-  size a grid can show is about twice its coarsest spacing), one to five per scan; a fifth of the scans
-  (drawn) without tumour.
+  is max(3 mm, 3 pixels, 2 slices)), one to five per scan, kinds in turn by case number; in every
+  block of five consecutive case numbers one (drawn by seed) has no tumour (:func:`has_tumour`).
 
 Every voxel painted as a finding or tumour part gets a code in the case's ``tissue`` map
 (:data:`TISSUE_CODES`), which tests and the HU comparison read.
