@@ -29,6 +29,7 @@ def _synth(args: argparse.Namespace) -> None:
         test_cases=args.test_cases,
         acquisition=args.acquisition,
         overwrite=args.overwrite,
+        variety=args.variety,
     )
 
 
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=2, help="unlabelled cases in imagesTs/")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--variety",
+        choices=("default", "varied"),
+        default="default",
+        help="varied: varied anatomy, findings that are not tumour, every tumour kind, a fifth tumour-free",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument(
         "--acquisition",

@@ -483,6 +483,7 @@ def lesion_records(
             "diameter_mm": round(2 * lesion["radius"], 2),
             "painted_volume_ml": round(float(lesion["mask"].sum()) * float(np.prod(spacing)) / 1000, 4),
             "location": lesion["location"],
+            **({"kind": lesion["kind"]} if "kind" in lesion else {}),
         }
         if not mine.any():
             missing.append(record)

@@ -16,6 +16,11 @@ Two sizes:
 - ``small``: 128 x 128 in-plane at 2.5-3.0 mm, 48-64 slices of 4.5-5.5 mm, the same anatomy
   in millimetres; tumours 15-60 mm so that each still spans at least about three slices.
 
+``variety="varied"`` (``lung-tumor synth --variety varied``) draws far more variety on the same grids:
+see :mod:`lung_tumor.data.variety` (anatomy, vessel and bronchus trees, fissures, findings that are
+not tumour, six tumour kinds from 3 mm to 10 cm, a fifth of the cases tumour-free). The default never
+calls it and gives the same bytes for the same seed as before it existed.
+
 Arrays are (X, Y, Z) with the voxel axes pointing to the patient's left, posterior and
 superior (affine ``diag(-dx, -dy, dz)``, axis codes L, P, S like the MSD and LIDC files), so
 slice 0 is the lowest (abdominal) slice. A case depends only on ``(seed, case number)``.
@@ -39,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from lung_tumor.data import variety as _variety
 from lung_tumor.data.acquisition import Acquisition, acquire, lesion_records, preset_acquisition
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.data.tumour_model import tumour_shape, tumour_texture
@@ -97,6 +103,10 @@ class SyntheticCase:
         acquisition: the acquisition, or ``None`` for synth's own (L, P, S int16, slight blur).
         rescale: ``(slope, intercept)`` from ``image`` to HU (NIfTI ``scl_slope``/``scl_inter``), or ``None``.
         tumours_not_acquired: painted lesions outside the acquired field, slab or resolution.
+        variety: ``default`` or ``varied`` (see :func:`synthesize_case`).
+        findings: ``varied`` only: one dict per finding that is not tumour (``kind``, size, voxels), never labelled.
+        tissue: ``varied`` only: uint8 map of :data:`lung_tumor.data.variety.TISSUE_CODES` (vessels, airways,
+            fissures, findings, tumour parts), for tests and HU comparisons; not written to disk.
     """
 
     case_id: str
@@ -108,6 +118,9 @@ class SyntheticCase:
     acquisition: Acquisition | None = None
     rescale: tuple[float, float] | None = None
     tumours_not_acquired: list[dict[str, Any]] = field(default_factory=list)
+    variety: str = "default"
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    tissue: np.ndarray | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -156,6 +169,7 @@ class _Volume:
         self.hu = np.empty(shape, np.float32)
         self.lung = np.zeros(shape, bool)
         self.label = np.zeros(shape, np.uint8)
+        self.tissue = np.zeros(shape, np.uint8)  # finding and tumour-part codes of the varied engine
 
     def box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]] | None:
         """Index box covering ``[lo_mm, hi_mm]`` (grid mm) and the broadcastable mm coordinates in it."""
@@ -263,7 +277,8 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
 
     # Body outline: an ellipse with a random low-order radial modulation; depth below the skin in mm.
     theta = np.arctan2(y * a, x * b)
-    modulation = 1 + sum(rng.uniform(-0.04, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+    lobes = v.get("body_lobes", 0.04)
+    modulation = 1 + sum(rng.uniform(-lobes, lobes) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
     radius = np.sqrt((x / a) ** 2 + (y / b) ** 2) / modulation
     depth = (1 - radius) * a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2) * modulation
     fat_end = 2 + v["fat_thickness"]
@@ -281,7 +296,8 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
     # Diaphragm: two domes (the right one higher) over the lowest lung point z_diaphragm.
     dome = np.zeros_like(x)
     for side, height in ((-1, rng.uniform(35, 55)), (1, rng.uniform(25, 45))):
-        r2 = ((x - side * 0.45 * a) / (0.5 * a)) ** 2 + ((y + 0.15 * b) / (0.75 * b)) ** 2
+        height = height * v.get("dome_right" if side < 0 else "dome_left", 1.0)
+        r2 = ((x - side * 0.45 * a) / (v.get("dome_width", 0.5) * a)) ** 2 + ((y + 0.15 * b) / (0.75 * b)) ** 2
         dome = np.maximum(dome, height * np.clip(1 - r2, 0, 1))
     z_dome = anat.z_diaphragm + dome
 
@@ -297,6 +313,9 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
 
     heart_c = (rng.uniform(15, 35), -0.2 * b, anat.z_diaphragm + 0.22 * anat.lung_height + 25)
     heart_r = (rng.uniform(50, 65), rng.uniform(0.45, 0.55) * b, rng.uniform(45, 60))
+    if "heart_scale" in v:  # the varied engine: heart size and position
+        heart_c = (heart_c[0] + v["heart_dx"], heart_c[1], heart_c[2] + v["heart_dz"])
+        heart_r = tuple(r * v["heart_scale"] for r in heart_r)
     heart_xy = ((x - heart_c[0]) / heart_r[0]) ** 2 + ((y - heart_c[1]) / heart_r[1]) ** 2
     heart_z = ((zs - heart_c[2]) / heart_r[2]) ** 2
 
@@ -311,9 +330,10 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
     d_arch = (x - ascending[0] - t * ax) ** 2 + (y - ascending[1] - t * ay) ** 2
 
     # Lungs: two ellipses cut by the chest wall, mediastinum, heart, spine and aorta; rounded apex.
+    lung_c, lung_w = v.get("lung_centre", 0.48) * a, v.get("lung_width", 0.52) * a
     lung_ellipse = np.minimum(
-        ((x + 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
-        ((x - 0.48 * a) / (0.52 * a)) ** 2 + ((y - 0.05 * b) / b) ** 2,
+        ((x + lung_c) / lung_w) ** 2 + ((y - 0.05 * b) / b) ** 2,
+        ((x - lung_c) / lung_w) ** 2 + ((y - 0.05 * b) / b) ** 2,
     )
     h = (zs - anat.z_diaphragm) / anat.lung_height
     lung_scale2 = np.where(h < 0.35, 1.0, np.clip(1 - ((h - 0.35) / 0.65) ** 2, 0, 1)).astype(np.float32)
@@ -407,8 +427,13 @@ def _paint_slabs(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None
         vol.lung[:, :, k0:k1] = lung.reshape(nx, ny, -1)
 
 
-def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Generator) -> None:
-    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees."""
+def _paint_airways_and_vessels(
+    vol: _Volume, anat: _Anatomy, rng: np.random.Generator, varied: bool = False
+) -> list[tuple[int, np.ndarray]]:
+    """Trachea, main and lobar bronchi, pulmonary arteries and branching vessel trees; returns the hila.
+
+    ``varied`` grows the trees of :func:`lung_tumor.data.variety.paint_trees` instead of the default ones.
+    """
     b = anat.half_depth
     v = anat.values
 
@@ -416,13 +441,20 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
         return np.array([anat.centre[0] + x_mm, anat.centre[1] + y_mm, z_mm])
 
     def airway(start: np.ndarray, end: np.ndarray, r0: float, r1: float, only_lung: bool) -> None:
-        for radius_extra, value in ((1.5, v["soft"]), (0.0, -990.0)):
+        wall = 0.5 + 0.25 * r0 if varied else 1.5  # varied: walls in proportion to the bronchus
+        painted = []
+        for radius_extra, value in ((wall, v["soft"]), (0.0, -990.0)):
             index, inside = vol.tube(start, end, r0 + radius_extra, r1 + radius_extra)
             if only_lung:
                 inside = inside & vol.lung[index]
             elif radius_extra:
                 vol.lung[index] &= ~inside
             vol.hu[index][inside] = value
+            vol.tissue[index][inside] = _variety.TISSUE_CODES["airway"]
+            painted.append((index, inside))
+        if varied and only_lung:  # bronchi are not parenchyma: tumours abut them
+            for index, inside in painted:
+                vol.lung[index] &= ~inside
 
     carina = grid(0, 0.5 * b - rng.uniform(45, 55), anat.z_hilum + rng.uniform(15, 30))
     top = carina.copy()
@@ -438,6 +470,9 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
         vol.lung[index] &= ~inside
         vol.hu[index][inside] = v["blood"]
 
+    if varied:
+        _variety.paint_trees(vol, anat, rng, hila, airway)
+        return hila
     for side, hilum in hila:
         bronchi = _branching_tree(rng, vol, hilum, side, radius=4.0, min_radius=2.0, max_segments=12, roots=4)
         for start, end, r0, r1 in bronchi:
@@ -456,6 +491,7 @@ def _paint_airways_and_vessels(vol: _Volume, anat: _Anatomy, rng: np.random.Gene
             index, inside = vol.tube(start, end, r0, r1)
             inside &= vol.lung[index]
             vol.hu[index][inside] = v["blood"] + rng.uniform(-15, 15)
+    return hila
 
 
 def _branching_tree(
@@ -568,6 +604,7 @@ def synthesize_case(
     size: str,
     with_tumour: bool | None = None,
     acquisition: Acquisition | None = None,
+    variety: str = "default",
 ) -> SyntheticCase:
     """Make one synthetic chest CT.
 
@@ -575,46 +612,63 @@ def synthesize_case(
         case_index: the case number (``lung_{case_index:03d}``); with ``seed`` it fixes every random draw.
         seed: dataset seed.
         size: ``small`` or ``full`` (see the module docstring).
-        with_tumour: force tumours on or off; by default every 8th case has none.
+        with_tumour: force tumours on or off; by default every 8th case has none (``varied``: a fifth, drawn).
         acquisition: acquire the phantom with this scanner and protocol
             (:mod:`lung_tumor.data.acquisition`); the phantom, painted on 1 mm (``full``) or 1.5 mm
             (``small``) slices, is then the same patient for every acquisition. ``None``: synth's own
             grid, blur, noise and L, P, S affine, exactly as before.
+        variety: ``default`` (the engine as it always was: same seed, same bytes) or ``varied``
+            (:mod:`lung_tumor.data.variety`: varied anatomy, findings that are not tumour, every tumour kind).
 
     Returns:
         The image, label, affine and ground-truth lesion list.
 
     Raises:
-        LungTumorError: unknown size or a negative case index.
+        LungTumorError: unknown size or variety, or a negative case index.
 
     Examples::
 
         case = synthesize_case(1, seed=0, size="small")
+        varied = synthesize_case(1, seed=0, size="small", variety="varied")
+        varied.tumours[0]["kind"], [f["kind"] for f in varied.findings]
         case.image.shape, case.tumours[0]["volume_ml"]
     """
     if size not in _GEOMETRY:
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
     if case_index < 0:
         raise LungTumorError(f"case index must be >= 0, got {case_index}")
+    if variety not in _variety.VARIETIES:
+        raise LungTumorError(f"unknown variety {variety!r}; use one of {_variety.VARIETIES}")
+    varied = variety == "varied"
     rng = np.random.default_rng([seed, case_index])
     geometry = _GEOMETRY[size]
     if acquisition is not None:
         phantom_mm = _PHANTOM_SLICE_MM[size]
         geometry = replace(geometry, slice_mm=(phantom_mm, phantom_mm), slices=(1, 1_000_000))
     anat = _draw_anatomy(rng, geometry)
+    if varied:
+        anat = _variety.vary_anatomy(anat, rng)
     vol = _Volume(anat.shape, anat.spacing)
     _paint_slabs(vol, anat, rng)
-    _paint_airways_and_vessels(vol, anat, rng)
-    if with_tumour is None:
-        with_tumour = case_index % NO_TUMOUR_EVERY != 0
-    count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
-    lesions = _paint_tumours(vol, anat, rng, count)
+    hila = _paint_airways_and_vessels(vol, anat, rng, varied)
+    findings: list[dict[str, Any]] = []
+    if varied:
+        findings = _variety.paint_lung_wide(vol, anat, rng) + _variety.paint_findings(vol, anat, rng)
+        if with_tumour is None:
+            with_tumour = _variety.has_tumour(seed, case_index)
+        count = int(rng.choice([1, 2, 3, 4, 5], p=[0.4, 0.25, 0.15, 0.1, 0.1])) if with_tumour else 0
+        lesions = _variety.paint_tumours(vol, anat, rng, hila, count, case_index)
+    else:
+        if with_tumour is None:
+            with_tumour = case_index % NO_TUMOUR_EVERY != 0
+        count = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if with_tumour else 0
+        lesions = _paint_tumours(vol, anat, rng, count)
     if acquisition is not None:
         noise_rng = np.random.default_rng([seed, case_index, _NOISE_STREAM])
         scan = acquire(vol.hu, vol.label, anat.spacing, acquisition, noise_rng, body_centre_mm=anat.centre[:2])
         acquired, missing = lesion_records(lesions, scan, anat.spacing)
-        return SyntheticCase(
-            f"lung_{case_index:03d}",
+        case = SyntheticCase(
+            synthetic_case_id(case_index),
             scan.image,
             scan.label,
             scan.affine,
@@ -624,6 +678,9 @@ def synthesize_case(
             scan.rescale,
             missing,
         )
+        if varied:  # the tissue map lies on the phantom's grid, not the acquired one
+            case.variety, case.findings = variety, findings
+        return case
     image = _finish(vol, anat, rng)
     affine = _affine(anat, rng)
     voxel_ml = float(np.prod(anat.spacing)) / 1000
@@ -640,9 +697,13 @@ def synthesize_case(
                 "voxels": voxels,
                 "volume_ml": round(voxels * voxel_ml, 4),
                 "location": lesion["location"],
+                **({"kind": lesion["kind"]} if "kind" in lesion else {}),
             }
         )
-    return SyntheticCase(synthetic_case_id(case_index), image, vol.label, affine, tumours, anat.values["noise"])
+    case = SyntheticCase(synthetic_case_id(case_index), image, vol.label, affine, tumours, anat.values["noise"])
+    if varied:
+        case.variety, case.findings, case.tissue = variety, findings, vol.tissue
+    return case
 
 
 def synthetic_case_id(index: int) -> str:
@@ -670,6 +731,7 @@ def synthesize_dataset(
     test_cases: int = 0,
     acquisition: str = "default",
     overwrite: bool = False,
+    variety: str = "default",
 ) -> Path:
     """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
 
@@ -682,13 +744,15 @@ def synthesize_dataset(
         acquisition: ``default`` (synth's own L, P, S int16 grid) or ``varied`` (each case acquired with a
             scanner and protocol drawn from the seed; ``synth_truth.json`` records it).
         overwrite: replace files of ``out`` that lung-tumor did not write (a real dataset's scans).
+        variety: ``default`` or ``varied`` (see :func:`synthesize_case`); ``varied`` records each tumour's
+            kind and each case's findings in the truth file.
 
     Returns:
         The dataset folder.
 
     Raises:
-        LungTumorError: bad counts, unknown size or acquisition, ``out`` is a non-empty folder that is not a
-            dataset, or an output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never
+        LungTumorError: bad counts, unknown size, acquisition or variety, ``out`` is a non-empty folder that is
+            not a dataset, or an output is unsafe (:class:`lung_tumor.outputs.OutputPlan`: a real dataset is never
             overwritten without ``overwrite``).
     """
     out = Path(out)
@@ -700,6 +764,8 @@ def synthesize_dataset(
         raise LungTumorError(f"unknown size {size!r}; use one of {SIZES}")
     if acquisition not in ACQUISITIONS:
         raise LungTumorError(f"unknown acquisition {acquisition!r}; use one of {ACQUISITIONS}")
+    if variety not in _variety.VARIETIES:
+        raise LungTumorError(f"unknown variety {variety!r}; use one of {_variety.VARIETIES}")
     _check_output_folder(out)
     plan = OutputPlan(overwrite=overwrite)
     plan.add_folder(out)
@@ -722,10 +788,14 @@ def synthesize_dataset(
         "acquisition": acquisition,
         "cases": {},
     }
+    if variety != "default":
+        truth["variety"] = variety
     training_ids, test_ids = [], []
     lesions = 0
     for index in tqdm(range(1, cases + test_cases + 1), desc="synth", unit="case", disable=None):
-        case = synthesize_case(index, seed, size, acquisition=draw_case_acquisition(index, seed, size, acquisition))
+        case = synthesize_case(
+            index, seed, size, acquisition=draw_case_acquisition(index, seed, size, acquisition), variety=variety
+        )
         training = index <= cases
         folder = "imagesTr" if training else "imagesTs"
         save_nifti(
@@ -751,8 +821,15 @@ def synthesize_dataset(
         if case.acquisition is not None:
             truth["cases"][case.case_id]["acquisition"] = case.acquisition.to_dict()
             truth["cases"][case.case_id]["tumours_not_acquired"] = case.tumours_not_acquired
+        if variety != "default":
+            truth["cases"][case.case_id]["findings"] = case.findings
 
     note = f"lung_tumor synth, size {size}, seed {seed}, acquisition {acquisition}; ground truth in {TRUTH_FILE}"
+    if variety != "default":
+        note = (
+            f"lung_tumor synth, size {size}, variety {variety}, seed {seed}, acquisition {acquisition}; "
+            f"ground truth in {TRUTH_FILE}"
+        )
     write_dataset_json(out, training_ids, test_ids, synthetic=note)
     write_json(out / TRUTH_FILE, truth)
     log.info(
