@@ -393,7 +393,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  total tumour volume: {report['total_volume_ml']:.2f} ml in {report['lesion_count']} lesion(s)",
         f"  voxel size: {spacing} mm; voxel axes point {','.join(report['orientation'])}; "
         "coordinates below are patient LPS mm (as DICOM viewers); slice numbers count from the most inferior slice (1)",
-        f"  midline: RAS x = {report['midline_x_mm']:.1f} mm ({report['midline_method']})",
+        f"  midline: LPS x = {-report['midline_x_mm']:.1f} mm ({report['midline_method']})",
         f"  RECIST 1.1: slice thickness {recist['slice_thickness_mm']:.2f} mm, measurable from "
         f"{recist['min_measurable_diameter_mm']:.1f} mm; target lesions {recist['target_lesions'] or 'none'}, "
         f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm; non-target {recist['non_target_lesions'] or 'none'}",
