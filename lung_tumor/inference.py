@@ -187,7 +187,6 @@ class Predictor:
             self.threshold,
             self.min_lesion_mm3,
             self.lung_mask,
-            image.meta.get("0020|000e"),  # SeriesInstanceUID, when the reader kept the DICOM tags
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 

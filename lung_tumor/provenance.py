@@ -29,6 +29,26 @@ def input_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def dicom_series_uid(folder: str | Path) -> str | None:
+    """The SeriesInstanceUID (0020,000E) of a DICOM folder's first file in name order, read from its header alone.
+
+    None when the folder holds no readable DICOM file or the tag is missing.
+    """
+    import itk
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return None
+    reader = itk.GDCMImageIO.New()
+    reader.SetFileName(str(files[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # not DICOM: ITK raises RuntimeError for a file it cannot parse
+        return None
+    found, value = reader.GetValueFromTag("0020|000e", "")
+    return value.strip().rstrip("\0") or None if found else None
+
+
 def prediction_provenance(
     source: str | Path,
     run_dir: str | Path,
@@ -47,8 +67,10 @@ def prediction_provenance(
         threshold: the probability threshold.
         min_lesion_mm3: the small-lesion removal setting.
         lung_mask: whether lesions far from the lungs were removed.
-        series_instance_uid: the DICOM SeriesInstanceUID when known.
+        series_instance_uid: the DICOM SeriesInstanceUID (read from the folder's first file when not given).
     """
+    if series_instance_uid is None and Path(source).is_dir():
+        series_instance_uid = dicom_series_uid(source)
     return {
         "package": "lung_tumor",
         "package_version": lung_tumor.__version__,

@@ -374,3 +374,49 @@ def test_every_report_field_is_documented_in_the_schema(tmp_path: Path) -> None:
     assert lesion["attenuation"]["kind"] == "solid"
     text = (tmp_path / "out" / "lung_007_report.txt").read_text()
     assert provenance["input_sha256"] in text and DISCLAIMER in text
+
+
+def test_dicom_folder_checksum_covers_names_and_contents_not_hidden_files(tmp_path: Path) -> None:
+    from lung_tumor.provenance import input_sha256
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "1.dcm").write_bytes(b"first")
+    (folder / "2.dcm").write_bytes(b"second")
+    expected = hashlib.sha256(b"1.dcm\0first2.dcm\0second").hexdigest()
+    assert input_sha256(folder) == expected
+    (folder / ".partial").write_bytes(b"ignored")
+    assert input_sha256(folder) == expected
+    (folder / "2.dcm").write_bytes(b"changed")
+    assert input_sha256(folder) != expected
+
+
+def test_real_lidc_nodule_measurements(real_ct_dir: Path) -> None:
+    import nibabel as nib
+
+    image = nib.load(real_ct_dir / "lidc-idri-0001" / "ct.nii.gz")
+    mask = np.asarray(nib.load(real_ct_dir / "lidc-idri-0001" / "nodule_mask_2readers.nii.gz").dataobj)
+    report = tumour_report(mask, image.affine, np.asarray(image.dataobj, dtype=np.float32))
+    lesion = report["lesions"][0]
+    # a solid nodule of about 25 mm equivalent diameter in the patient's left lung (LPS x > 0) of a 16-slice slab
+    assert lesion["attenuation"]["kind"] == "solid"
+    assert lesion["equivalent_diameter_mm"] < lesion["longest_axial_diameter_mm"] <= lesion["greatest_3d_diameter_mm"]
+    assert lesion["short_axis_diameter_mm"] <= lesion["longest_axial_diameter_mm"]
+    assert all(point[0] > 0 for point in lesion["longest_axial_diameter_endpoints_lps_mm"])
+    assert 1 <= lesion["axial_slice_numbers"][0] <= lesion["axial_slice_numbers"][1] <= 16
+    first, last = lesion["axial_slice_range"]
+    assert lesion["craniocaudal_extent_mm"] == pytest.approx((last - first + 1) * 2.5)
+    assert report["recist"]["target_lesions"] == [1] and lesion["recist_measurable"]
+    assert report["t_category"]["category"] == t_category(lesion["longest_axial_diameter_mm"])
+    assert not lesion["flags"]["small"] and not lesion["flags"]["vessel_like"]
+
+
+def test_dicom_provenance_reads_the_series_instance_uid(real_ct_dir: Path, tmp_path: Path) -> None:
+    from lung_tumor.provenance import dicom_series_uid, input_sha256, prediction_provenance
+
+    folder = real_ct_dir / "lidc-idri-0001" / "dicom"
+    provenance = prediction_provenance(folder, tmp_path, tmp_path / "best.pt", 0.5, 0.0, False)
+    assert provenance["series_instance_uid"] == "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
+    assert provenance["input_sha256"] == input_sha256(folder)
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert dicom_series_uid(tmp_path) is None
