@@ -347,6 +347,10 @@ def _yes_no(value: bool | None, note: str | None) -> str:
     return "yes" if value else "no"
 
 
+def _numbers(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values) or "none"
+
+
 def _point(values: list[float]) -> str:
     return "(" + ", ".join(f"{c:.1f}" for c in values) + ")"
 
@@ -395,8 +399,8 @@ def format_report(report: dict[str, Any]) -> str:
         "coordinates below are patient LPS mm (as DICOM viewers); slice numbers count from the most inferior slice (1)",
         f"  midline: LPS x = {-report['midline_x_mm']:.1f} mm ({report['midline_method']})",
         f"  RECIST 1.1: slice thickness {recist['slice_thickness_mm']:.2f} mm, measurable from "
-        f"{recist['min_measurable_diameter_mm']:.1f} mm; target lesions {recist['target_lesions'] or 'none'}, "
-        f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm; non-target {recist['non_target_lesions'] or 'none'}",
+        f"{recist['min_measurable_diameter_mm']:.1f} mm; target lesions {_numbers(recist['target_lesions'])}, "
+        f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm; non-target {_numbers(recist['non_target_lesions'])}",
     ]
     if t["category"] is not None:
         lines.append(
