@@ -44,8 +44,9 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
     Returns:
         ``hu_mean``, ``hu_sd``, ``hu_percentiles`` (``p5`` ... ``p95``), ``solid_volume_ml``,
         ``ground_glass_volume_ml``, ``solid_longest_axial_diameter_mm``, ``consolidation_tumour_ratio``,
-        ``cavity_volume_ml``, ``calcification_volume_ml``, ``kind`` (``solid``, ``part-solid`` or
-        ``ground-glass``), ``cavitary`` and ``calcified``.
+        ``cavity_volume_ml``, ``calcification_volume_ml``, ``kind`` (``solid``, ``part-solid``,
+        ``ground-glass``, or ``lung-like`` when most of the interior is below -800 HU), ``cavitary`` and
+        ``calcified``.
     """
     lesion = np.asarray(lesion, dtype=bool)
     hu = np.asarray(image_hu, dtype=np.float32)
@@ -68,7 +69,9 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
         interior = lesion
     n_solid = int((interior & solid).sum())
     n_soft = n_solid + int((interior & ground_glass).sum())
-    if n_soft and n_solid / n_soft >= SOLID_KIND_MIN_FRACTION:
+    if n_soft < 0.5 * int(interior.sum()):  # mostly below -800 HU: aerated lung, not a nodule
+        kind = "lung-like"
+    elif n_solid / n_soft >= SOLID_KIND_MIN_FRACTION:
         kind = "solid"
     elif solid_mm < GROUND_GLASS_MAX_SOLID_MM:
         kind = "ground-glass"

@@ -345,6 +345,10 @@ def size_t_descriptor(lesions: list[dict[str, Any]]) -> dict[str, Any]:
     largest = max(lesions, key=lambda lesion: (lesion["longest_axial_diameter_mm"], -lesion["lesion"]))
     result["lesion"] = largest["lesion"]
     kind = (largest.get("attenuation") or {}).get("kind")
+    if kind == "lung-like":
+        result["size_basis"] = "none: the lesion is mostly aerated lung (below -800 HU)"
+        result["note"] = "mostly aerated lung: not a measurable tumour; the size criterion is not applied"
+        return result
     if kind == "ground-glass":
         result["size_basis"] = "none: pure ground-glass lesion"
         result["note"] = "pure ground-glass: Tis or T1mi by histology; the size criterion is not applied"

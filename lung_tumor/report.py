@@ -85,12 +85,13 @@ CONVENTIONS = {
     "others are non-target; sum of diameters = sum of the targets' longest axial diameters",
     "t_category": "TNM 8th edition size descriptor of the lesion with the largest longest axial diameter, size "
     "criterion only (T1a <= 10 mm < T1b <= 20 < T1c <= 30 < T2a <= 40 < T2b <= 50 < T3 <= 70 < T4); a part-solid "
-    "lesion is sized by its solid part's longest axial diameter; pure ground-glass: not assessed",
+    "lesion is sized by its solid part's longest axial diameter; pure ground-glass or lung-like: not assessed",
     "attenuation": f"needs the CT: HU over the lesion's voxels; solid > {SOLID_MIN_HU:g} HU, ground-glass "
     f"{GROUND_GLASS_MIN_HU:g}..{SOLID_MIN_HU:g} HU; cavity: voxels < {CAVITY_MAX_HU:g} HU inside the lesion with "
     f"holes filled (3D and per axial slice), rim excluded; calcification: > {CALCIFICATION_MIN_HU:g} HU inside; "
     f"cavitary / calcified when >= {MIN_FINDING_MM3:g} mm3; kind from the interior (lesion eroded by one voxel): "
-    f"solid when >= {SOLID_KIND_MIN_FRACTION:g} of its solid and ground-glass voxels are solid, else "
+    f"lung-like when under half of it is >= {GROUND_GLASS_MIN_HU:g} HU (aerated lung: suspect), else solid when "
+    f">= {SOLID_KIND_MIN_FRACTION:g} of its solid and ground-glass voxels are solid, else "
     f"ground-glass when the solid part's longest axial diameter < {GROUND_GLASS_MAX_SOLID_MM:g} mm, else part-solid",
     "probability": "mean and maximum of the model's tumour probability over the lesion's voxels (null without it)",
     "flags": f"small: longest axial diameter < {SMALL_DIAMETER_MM:g} mm or volume < {SMALL_VOLUME_MM3:g} mm3; "

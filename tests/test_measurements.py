@@ -251,6 +251,7 @@ def test_attenuation_of_solid_part_solid_ground_glass_cavitary_and_calcified_pha
 
     ground_glass = np.where(outer, -600.0, lung)
     assert lesion_attenuation(outer, ground_glass, affine)["kind"] == "ground-glass"
+    assert lesion_attenuation(outer, lung, affine)["kind"] == "lung-like"  # a false positive on aerated lung
 
     cavitary = np.where(outer, 40.0, lung)
     cavitary[core] = -1000.0
