@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,10 @@ from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
 from lung_tumor.outputs import OutputPlan, marker
+from lung_tumor.provenance import prediction_provenance
 from lung_tumor.report import label_in_bounding_box, tumour_report, write_report
 from lung_tumor.thorax import ThoraxMasks, thorax_masks
-from lung_tumor.training.run import SliceStackInferer, context_slices, load_trained_model
+from lung_tumor.training.run import SliceStackInferer, checkpoint_file, context_slices, load_trained_model
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Prediction:
         image_hu: the input CT in HU.
         source: the file or DICOM folder read.
         thorax: the CT's lungs when ``--lung-mask`` found them (the report reuses them), else None.
+        provenance: package version, run, checkpoint, settings, input checksum and date, for the report.
     """
 
     mask: np.ndarray
@@ -55,6 +58,7 @@ class Prediction:
     image_hu: np.ndarray
     source: Path
     thorax: ThoraxMasks | None = None
+    provenance: dict[str, Any] | None = None
 
 
 def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
@@ -140,6 +144,7 @@ class Predictor:
         self.min_lesion_mm3 = min_lesion_mm3
         self.lung_mask = lung_mask
         self.run_dir = Path(run_dir)
+        self.checkpoint_path = checkpoint_file(run_dir, checkpoint, config)
 
     @torch.no_grad()
     def probabilities(self, volume: torch.Tensor) -> torch.Tensor:
@@ -175,7 +180,15 @@ class Predictor:
         if self.lung_mask:
             thorax = thorax_masks(image_hu, affine)
             mask = keep_near_lungs(mask, image_hu, affine, thorax)
-        return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax)  # type: ignore[arg-type]
+        provenance = prediction_provenance(
+            path,
+            self.run_dir,
+            self.checkpoint_path,
+            self.threshold,
+            self.min_lesion_mm3,
+            self.lung_mask,
+        )
+        return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 
 
 def input_volumes(path: Path) -> list[Path]:
@@ -331,7 +344,10 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
     if "report_json" in paths:
         spread = {
             "generator": marker("predict"),
-            **tumour_report(result.mask, result.affine, result.image_hu, thorax=result.thorax),
+            **tumour_report(
+                result.mask, result.affine, result.image_hu, thorax=result.thorax, probability=result.probability
+            ),
+            "provenance": result.provenance,
         }
         spread["source"] = str(result.source)
         write_report(spread, paths["report_json"], paths["report_text"])

@@ -1,9 +1,12 @@
-"""The tumour spread report: volume, lesions, RECIST-style diameters, position and contacts.
+"""The tumour spread report: volume, lesions, calipers, RECIST 1.1, size-based T, attenuation, contacts.
 
 Geometry comes from the affine alone, so any voxel order works (RAS, LPS, oblique, anisotropic voxels):
 the axial axis is the voxel axis most aligned with world z, the left-right axis the one most aligned with
-world x (``nibabel.orientations.io_orientation``). World coordinates are nibabel's RAS+ millimetres:
-**+x points to the patient's right** (x = -x of DICOM's LPS), +y anterior, +z superior.
+world x (``nibabel.orientations.io_orientation``). Internally world coordinates are nibabel's RAS+
+millimetres (``centroid_world_mm``: **+x points to the patient's right**); what a reader compares with a
+viewer (caliper endpoints, ``centroid_lps_mm``) is given in DICOM's LPS. The measurements are in
+:mod:`lung_tumor.measurements`, the attenuation in :mod:`lung_tumor.attenuation`; the fields and their
+units are documented in ``docs/report_schema.md`` (``SCHEMA_VERSION``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,34 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist
 
+from lung_tumor.attenuation import (
+    CALCIFICATION_MIN_HU,
+    CAVITY_MAX_HU,
+    GROUND_GLASS_MAX_SOLID_MM,
+    GROUND_GLASS_MIN_HU,
+    MIN_FINDING_MM3,
+    SOLID_KIND_MIN_FRACTION,
+    SOLID_MIN_HU,
+    lesion_attenuation,
+)
 from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
+from lung_tumor.measurements import (
+    LUNG_ORGAN,
+    SMALL_DIAMETER_MM,
+    SMALL_VOLUME_MM3,
+    VESSEL_LIKE_AXES_RATIO,
+    axial_axis,
+    left_right_axis,
+    lesion_measurements,
+    ras_to_lps,
+    recist_assessment,
+    reliability_flags,
+    size_t_descriptor,
+    voxel_spacing,
+)
+from lung_tumor.provenance import DISCLAIMER
 
 if TYPE_CHECKING:
     from lung_tumor.thorax import ThoraxMasks
@@ -29,18 +55,48 @@ BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma 
 AIR_MAX_HU = -400.0  # "air-like" for the lung mask (lung parenchyma is about -900..-500)
 CONTACT_DILATION_VOXELS = 2
 MIN_CONTACT_VOXELS = 3
-HULL_MIN_POINTS = 64  # below this, all pairwise distances are cheaper than a convex hull
+SCHEMA_VERSION = "2.0"
 
 CONVENTIONS = {
-    "world_coordinates": "nibabel RAS+ mm: +x patient's right, +y anterior, +z superior",
+    "schema_version": f"{SCHEMA_VERSION}: fields, units and conventions in docs/report_schema.md",
+    "world_coordinates": "centroid_world_mm: nibabel RAS+ mm (+x patient's right, +y anterior, +z superior); "
+    "every *_lps_mm field: DICOM LPS mm as viewers show (+x patient's left, +y posterior, +z superior)",
+    "orientation": "nibabel axis codes of the voxel axes (where each array axis points), not of the coordinates",
     "axial_axis": "the voxel axis most aligned with world z (nibabel io_orientation)",
+    "slice_numbers": "*_slice_number(s): 1-based, counted from the most inferior slice towards superior; "
+    "*_slice and axial_slice_range: 0-based array indices along axial_axis",
     "lesions": f"{LESION_CONNECTIVITY}-connected components of the mask, numbered by decreasing volume",
     "voxel_volume": "abs(det(affine[:3, :3])) mm3",
-    "longest_axial_diameter_mm": "RECIST-style: the largest distance between boundary-pixel centres of the lesion "
-    "within one axial slice (in-plane affine columns, so anisotropic or rotated pixels are measured in mm), "
-    "maximised over the lesion's slices; centre to centre, so a one-pixel lesion measures 0 mm",
+    "diameters": "edge to edge, as calipers: the caliper joins the centres of the two farthest boundary voxels and "
+    "reaches half a voxel beyond each (the voxel's extent along the line, on the ellipsoid inscribed in the voxel: "
+    "one pixel for square pixels), in mm through the affine's columns (anisotropic, flipped or rotated voxels "
+    "alike); a box of n pixels measures n pixels, a one-pixel lesion one pixel",
+    "longest_axial_diameter_mm": "the largest in-slice diameter over the lesion's axial slices; its endpoints lie "
+    "on the centre plane of that slice",
+    "short_axis_diameter_mm": "on the same slice, the caliper width perpendicular to the long axis (the longest "
+    "perpendicular chord for a convex section)",
+    "greatest_3d_diameter_mm": "the largest diameter in any direction",
     "equivalent_diameter_mm": "diameter of the sphere of the lesion's volume",
-    "craniocaudal_extent_mm": "number of axial slices the lesion spans times the slice spacing",
+    "craniocaudal_extent_mm": "edge to edge: world z span of the voxel centres plus one voxel's z extent "
+    "(last minus first slice position plus the slice spacing)",
+    "recist": "RECIST 1.1: measurable when longest axial diameter >= 10 mm and >= 2 x slice thickness (the "
+    "axial voxel spacing unless given); targets: the largest measurable lesions, at most 5, at most 2 per organ; "
+    f"every lesion's organ is '{LUNG_ORGAN}' (both lungs count as one organ), so at most 2 targets here; the "
+    "others are non-target; sum of diameters = sum of the targets' longest axial diameters",
+    "t_category": "TNM 8th edition size descriptor of the lesion with the largest longest axial diameter, size "
+    "criterion only (T1a <= 10 mm < T1b <= 20 < T1c <= 30 < T2a <= 40 < T2b <= 50 < T3 <= 70 < T4); a part-solid "
+    "lesion is sized by its solid part's longest axial diameter; pure ground-glass or lung-like: not assessed",
+    "attenuation": f"needs the CT: HU over the lesion's voxels; solid > {SOLID_MIN_HU:g} HU, ground-glass "
+    f"{GROUND_GLASS_MIN_HU:g}..{SOLID_MIN_HU:g} HU; cavity: voxels < {CAVITY_MAX_HU:g} HU inside the lesion with "
+    f"holes filled (3D and per axial slice), rim excluded; calcification: > {CALCIFICATION_MIN_HU:g} HU inside; "
+    f"cavitary / calcified when >= {MIN_FINDING_MM3:g} mm3; kind from the interior (lesion eroded by one voxel): "
+    f"lung-like when under half of it is >= {GROUND_GLASS_MIN_HU:g} HU (aerated lung: suspect), else solid when "
+    f">= {SOLID_KIND_MIN_FRACTION:g} of its solid and ground-glass voxels are solid, else "
+    f"ground-glass when the solid part's longest axial diameter < {GROUND_GLASS_MAX_SOLID_MM:g} mm, else part-solid",
+    "probability": "mean and maximum of the model's tumour probability over the lesion's voxels (null without it)",
+    "flags": f"small: longest axial diameter < {SMALL_DIAMETER_MM:g} mm or volume < {SMALL_VOLUME_MM3:g} mm3; "
+    f"vessel_like: principal_axes_ratio (sqrt of the largest over the second largest eigenvalue of the lesion's "
+    f"second moments in mm, voxels as uniform boxes) > {VESSEL_LIKE_AXES_RATIO:g}",
     "side": "patient's right when the lesion centroid's world x is greater than the midline x, else left; the "
     "midline is the x-centre of mass of the body (voxels > -500 HU) when the CT is given, else the image centre",
     "contacts": "HU heuristic, needs the CT: lung = air-like voxels (< -400 HU) inside the body (per axial slice, "
@@ -52,63 +108,6 @@ CONVENTIONS = {
     "tissue lies between the lungs (along the patient's left-right line, the nearest lung voxels on either side "
     "lie on opposite sides of the midline), otherwise the chest wall (lateral, anterior or posterior wall, diaphragm)",
 }
-
-
-def axial_axis(affine: np.ndarray) -> int:
-    """The voxel axis most aligned with world z (superior-inferior)."""
-    return _axis_along(affine, 2)
-
-
-def left_right_axis(affine: np.ndarray) -> int:
-    """The voxel axis most aligned with world x (the patient's right-left)."""
-    return _axis_along(affine, 0)
-
-
-def _axis_along(affine: np.ndarray, world_axis: int) -> int:
-    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=float))
-    return int(np.flatnonzero(ornt[:, 0] == world_axis)[0])
-
-
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along the three array axes (lengths of the affine's columns)."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))
-
-
-def _longest_in_plane_distance(points_mm: np.ndarray) -> float:
-    """Largest pairwise distance of 2D points (the convex hull's vertices suffice when there are many)."""
-    if len(points_mm) < 2:
-        return 0.0
-    if len(points_mm) >= HULL_MIN_POINTS:
-        try:
-            points_mm = points_mm[ConvexHull(points_mm).vertices]
-        except QhullError:  # collinear points: the brute force below is exact
-            pass
-    return float(pdist(points_mm).max())
-
-
-def longest_axial_diameter(lesion: np.ndarray, affine: np.ndarray) -> tuple[float, int | None]:
-    """RECIST-style longest in-plane diameter of one lesion, in mm, and the axial slice where it lies.
-
-    Args:
-        lesion: (X, Y, Z) binary mask of one lesion (or a crop of it; only the affine's 3x3 part is used).
-        affine: the image's voxel-to-world affine.
-
-    Returns:
-        The diameter in mm and the slice index along :func:`axial_axis` (``None`` for an empty mask).
-    """
-    axis = axial_axis(affine)
-    in_plane = [a for a in range(3) if a != axis]
-    columns = np.asarray(affine, dtype=float)[:3, in_plane]
-    basis, _ = np.linalg.qr(columns)  # orthonormal basis of the slice plane: 3D mm -> 2D mm, distances kept
-    to_plane = columns.T @ basis  # (2, 2): pixel index offsets -> in-plane mm
-    best, best_slice = 0.0, None
-    for k in np.flatnonzero(np.any(lesion, axis=tuple(in_plane))):
-        section = np.take(lesion, k, axis=axis).astype(bool)
-        boundary = section & ~ndimage.binary_erosion(section)
-        diameter = _longest_in_plane_distance(np.argwhere(boundary).astype(float) @ to_plane)
-        if best_slice is None or diameter > best:
-            best, best_slice = diameter, int(k)
-    return best, best_slice
 
 
 def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]:
@@ -221,38 +220,49 @@ def _contacts(
 
 
 def tumour_report(
-    mask: np.ndarray, affine: np.ndarray, image_hu: np.ndarray | None = None, thorax: ThoraxMasks | None = None
+    mask: np.ndarray,
+    affine: np.ndarray,
+    image_hu: np.ndarray | None = None,
+    thorax: ThoraxMasks | None = None,
+    probability: np.ndarray | None = None,
+    slice_thickness_mm: float | None = None,
 ) -> dict[str, Any]:
-    """Describe the tumour of a segmentation mask: volume, lesions, diameters, position and contacts.
+    """Describe the tumour of a segmentation mask: volume, lesions, calipers, RECIST 1.1, T, attenuation, contacts.
 
     Args:
         mask: (X, Y, Z) tumour mask; any non-zero voxel is tumour.
         affine: 4x4 voxel-to-world (RAS+ mm) affine of the mask, as nibabel gives it.
-        image_hu: the CT in Hounsfield units on the same grid; needed for the body midline and the
-            chest-wall / mediastinum contacts (``None`` with a reason without it).
+        image_hu: the CT in Hounsfield units on the same grid; needed for the body midline, the attenuation
+            and the chest-wall / mediastinum contacts (``None`` with a reason without it).
         thorax: the CT's lungs when already found (:func:`lung_tumor.thorax.thorax_masks` of ``image_hu``,
             as ``predict --lung-mask`` does); found here when needed and not given.
+        probability: the model's tumour probability on the same grid (per-lesion confidence), if known.
+        slice_thickness_mm: the reconstructed slice thickness for RECIST measurability (default: the
+            spacing of the axial voxel axis).
 
     Returns:
-        A JSON-ready mapping: ``total_volume_ml``, ``lesion_count``, ``spacing_mm``, ``orientation``,
-        ``midline_x_mm`` and ``midline_method``, ``conventions`` and ``lesions`` (largest first), each with
-        ``volume_ml``, ``equivalent_diameter_mm``, ``longest_axial_diameter_mm`` and its ``slice``,
-        ``centroid_voxel``, ``centroid_world_mm``, ``axial_slice_range``, ``craniocaudal_extent_mm``,
-        ``side`` (``"right"`` / ``"left"`` of the patient), ``distance_from_midline_mm``,
-        ``touches_chest_wall``, ``touches_mediastinum`` and ``contact_note``.
+        A JSON-ready mapping, documented field by field in ``docs/report_schema.md``: ``schema_version``,
+        ``disclaimer``, ``total_volume_ml``, ``lesion_count``, ``spacing_mm``, ``orientation``, ``midline_x_mm``,
+        ``midline_method``, ``recist``, ``t_category``, ``lesions`` (largest volume first) and ``conventions``.
 
     Raises:
-        ValueError: the mask is not 3D, the affine not 4x4, or the CT's shape differs from the mask's.
+        ValueError: the mask is not 3D, the affine not 4x4, the CT's or the probability's shape differs from
+            the mask's, or the slice thickness is not positive.
     """
     mask = np.asarray(mask) != 0
     affine = np.asarray(affine, dtype=float)
     if mask.ndim != 3 or affine.shape != (4, 4):
         raise ValueError(f"need a 3D mask and a 4x4 affine, got {mask.shape} and {affine.shape}")
-    if image_hu is not None and np.shape(image_hu) != mask.shape:
-        raise ValueError(f"CT shape {np.shape(image_hu)} differs from the mask's {mask.shape}")
+    for name, array in (("CT", image_hu), ("probability", probability)):
+        if array is not None and np.shape(array) != mask.shape:
+            raise ValueError(f"{name} shape {np.shape(array)} differs from the mask's {mask.shape}")
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     spacing = voxel_spacing(affine)
     axis = axial_axis(affine)
+    if slice_thickness_mm is None:
+        slice_thickness_mm = spacing[axis]
+    if not slice_thickness_mm > 0:
+        raise ValueError(f"slice thickness must be > 0 mm, got {slice_thickness_mm}")
     midline_x, midline_method = body_midline_x(affine, mask.shape, image_hu)
     margin = CONTACT_DILATION_VOXELS + 1
     # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
@@ -285,32 +295,39 @@ def tumour_report(
         volume_ml = voxels * voxel_mm3 / 1000.0
         centroid = np.argwhere(lesion_box).mean(axis=0) + offset
         world = affine[:3, :3] @ centroid + affine[:3, 3]
-        diameter, diameter_slice = longest_axial_diameter(lesion_box, affine)
-        slices = np.flatnonzero(np.any(lesion_box, axis=tuple(a for a in range(3) if a != axis))) + box[axis].start
+        calipers = lesion_measurements(lesion_box, offset.astype(int), affine, mask.shape)
         touches_wall = touches_mediastinum = None
         if contact_note is None:
             touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, thorax, image_hu, affine, midline_x)
+        inside = None if probability is None else np.asarray(probability[box], dtype=np.float64)[lesion_box]
         lesions.append(
             {
                 "volume_ml": volume_ml,
                 "equivalent_diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1 / 3),
-                "longest_axial_diameter_mm": diameter,
-                "longest_axial_diameter_slice": None if diameter_slice is None else diameter_slice + box[axis].start,
+                **calipers,
                 "centroid_voxel": [float(c) for c in centroid],
                 "centroid_world_mm": [float(c) for c in world],
-                "axial_slice_range": [int(slices.min()), int(slices.max())],
-                "craniocaudal_extent_mm": float(len(slices) * spacing[axis]),
+                "centroid_lps_mm": [float(c) for c in ras_to_lps(world)],
+                "organ": LUNG_ORGAN,
                 "side": "right" if world[0] > midline_x else "left",
                 "distance_from_midline_mm": float(abs(world[0] - midline_x)),
                 "touches_chest_wall": touches_wall,
                 "touches_mediastinum": touches_mediastinum,
                 "contact_note": contact_note,
+                "attenuation": None if image_hu is None else lesion_attenuation(lesion_box, image_hu[box], affine),
+                "probability_mean": None if inside is None else float(inside.mean()),
+                "probability_max": None if inside is None else float(inside.max()),
+                "flags": reliability_flags(
+                    volume_ml * 1000.0, calipers["longest_axial_diameter_mm"], calipers["principal_axes_ratio"]
+                ),
             }
         )
     lesions.sort(key=lambda lesion: -lesion["volume_ml"])
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
     return {
+        "schema_version": SCHEMA_VERSION,
+        "disclaimer": DISCLAIMER,
         "total_volume_ml": float(np.count_nonzero(mask[outer]) * voxel_mm3 / 1000.0),
         "lesion_count": count,
         "spacing_mm": list(spacing),
@@ -318,6 +335,8 @@ def tumour_report(
         "axial_axis": axis,
         "midline_x_mm": midline_x,
         "midline_method": midline_method,
+        "recist": recist_assessment(lesions, float(slice_thickness_mm)),
+        "t_category": size_t_descriptor(lesions),
         "lesions": lesions,
         "conventions": CONVENTIONS,
     }
@@ -329,29 +348,92 @@ def _yes_no(value: bool | None, note: str | None) -> str:
     return "yes" if value else "no"
 
 
+def _numbers(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values) or "none"
+
+
+def _point(values: list[float]) -> str:
+    return "(" + ", ".join(f"{c:.1f}" for c in values) + ")"
+
+
+def _attenuation_line(attenuation: dict[str, Any] | None) -> str:
+    if attenuation is None:
+        return "  attenuation: unknown (no CT given)"
+    findings = [attenuation["kind"]]
+    if attenuation["cavitary"]:
+        findings.append(f"cavity {attenuation['cavity_volume_ml'] * 1000:.0f} mm3")
+    if attenuation["calcified"]:
+        findings.append(f"calcification {attenuation['calcification_volume_ml'] * 1000:.0f} mm3")
+    return (
+        f"  attenuation: {', '.join(findings)}; mean {attenuation['hu_mean']:.0f} HU (SD {attenuation['hu_sd']:.0f}); "
+        f"solid part {attenuation['solid_volume_ml']:.2f} ml, longest axial "
+        f"{attenuation['solid_longest_axial_diameter_mm']:.1f} mm; "
+        f"ground-glass {attenuation['ground_glass_volume_ml']:.2f} ml"
+    )
+
+
+def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
+    if not provenance:
+        return []
+    settings = provenance["post_processing"]
+    return [
+        f"  model: lung_tumor {provenance['package_version']}, run {provenance['run_dir']}, "
+        f"checkpoint {provenance['checkpoint']}",
+        f"  settings: threshold {provenance['threshold']:g}, min lesion {settings['min_lesion_mm3']:g} mm3, "
+        f"lung mask {'on' if settings['lung_mask'] else 'off'}",
+        f"  input: {provenance['input']} (sha256 {provenance['input_sha256']}"
+        + (f", series {provenance['series_instance_uid']}" if provenance.get("series_instance_uid") else "")
+        + f"), report date {provenance['date_utc']}",
+    ]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as readable text for a clinician (one block per lesion, largest first)."""
     spacing = " x ".join(f"{s:.2f}" for s in report["spacing_mm"])
+    recist, t = report["recist"], report["t_category"]
     lines = [
-        "Tumour report",
+        f"Tumour report (schema {report['schema_version']})",
+        f"  {report['disclaimer']}",
+        *_provenance_lines(report.get("provenance")),
         f"  total tumour volume: {report['total_volume_ml']:.2f} ml in {report['lesion_count']} lesion(s)",
-        f"  voxel size: {spacing} mm, orientation {report['orientation']}",
-        f"  midline: x = {report['midline_x_mm']:.1f} mm ({report['midline_method']})",
+        f"  voxel size: {spacing} mm; voxel axes point {','.join(report['orientation'])}; "
+        "coordinates below are patient LPS mm (as DICOM viewers); slice numbers count from the most inferior slice (1)",
+        f"  midline: LPS x = {-report['midline_x_mm']:.1f} mm ({report['midline_method']})",
+        f"  RECIST 1.1: slice thickness {recist['slice_thickness_mm']:.2f} mm, measurable from "
+        f"{recist['min_measurable_diameter_mm']:.1f} mm; target lesions {_numbers(recist['target_lesions'])}, "
+        f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm; non-target {_numbers(recist['non_target_lesions'])}",
     ]
+    if t["category"] is not None:
+        lines.append(
+            f"  T ({t['label']}): {t['category']} from lesion {t['lesion']}, {t['size_mm']:.1f} mm ({t['size_basis']})"
+        )
+    else:
+        lines.append(f"  T ({t['label']}): not assessed ({t['note']})")
+    lines.append(f"    not assessed: {'; '.join(t['not_assessed'])}")
     if not report["lesions"]:
         lines.append("  no tumour found")
     for lesion in report["lesions"]:
-        lo, hi = lesion["axial_slice_range"]
-        voxel = ", ".join(f"{c:.1f}" for c in lesion["centroid_voxel"])
-        world = ", ".join(f"{c:.1f}" for c in lesion["centroid_world_mm"])
+        first, last = lesion["axial_slice_numbers"]
+        ends = lesion["longest_axial_diameter_endpoints_lps_mm"]
+        flags = [name.replace("_", "-") for name, on in lesion["flags"].items() if on]
+        confidence = (
+            "unknown"
+            if lesion["probability_mean"] is None
+            else f"mean {lesion['probability_mean']:.2f}, max {lesion['probability_max']:.2f}"
+        )
         lines += [
             f"Lesion {lesion['lesion']}: {lesion['volume_ml']:.2f} ml, patient's {lesion['side']} side "
-            f"({lesion['distance_from_midline_mm']:.1f} mm from the midline)",
-            f"  longest axial diameter (RECIST): {lesion['longest_axial_diameter_mm']:.1f} mm "
-            f"on slice {lesion['longest_axial_diameter_slice']}",
-            f"  equivalent sphere diameter: {lesion['equivalent_diameter_mm']:.1f} mm",
-            f"  craniocaudal extent: {lesion['craniocaudal_extent_mm']:.1f} mm (axial slices {lo}-{hi})",
-            f"  centroid: voxel ({voxel}); world RAS ({world}) mm",
+            f"({lesion['distance_from_midline_mm']:.1f} mm from the midline); RECIST "
+            f"{'measurable' if lesion['recist_measurable'] else 'not measurable'}, {lesion['recist_role']}",
+            f"  longest axial diameter: {lesion['longest_axial_diameter_mm']:.1f} mm on slice "
+            f"{lesion['longest_axial_diameter_slice_number']}, from {_point(ends[0])} to {_point(ends[1])}; "
+            f"short axis {lesion['short_axis_diameter_mm']:.1f} mm",
+            f"  greatest 3D diameter: {lesion['greatest_3d_diameter_mm']:.1f} mm; equivalent sphere diameter: "
+            f"{lesion['equivalent_diameter_mm']:.1f} mm",
+            f"  craniocaudal extent: {lesion['craniocaudal_extent_mm']:.1f} mm (slices {first}-{last})",
+            f"  centroid: LPS {_point(lesion['centroid_lps_mm'])} mm",
+            _attenuation_line(lesion["attenuation"]),
+            f"  model probability: {confidence}" + (f"; flags: {', '.join(flags)}" if flags else ""),
             f"  touches chest wall: {_yes_no(lesion['touches_chest_wall'], lesion['contact_note'])}; "
             f"touches mediastinum: {_yes_no(lesion['touches_mediastinum'], lesion['contact_note'])}",
         ]

@@ -39,7 +39,9 @@ def test_volume_and_longest_axial_diameter_of_an_ellipsoid() -> None:
     assert report["lesion_count"] == 1
     assert report["total_volume_ml"] == pytest.approx(analytic_ml, rel=0.05)
     lesion = report["lesions"][0]
-    assert abs(lesion["longest_axial_diameter_mm"] - 2 * r * 0.8) <= 0.8
+    # edge to edge: the pixels whose centres lie on the radius count whole, so 2r + 1 pixels across (the truth,
+    # 2r pixels, within one pixel)
+    assert lesion["longest_axial_diameter_mm"] == pytest.approx((2 * r + 1) * 0.8)
     assert lesion["longest_axial_diameter_slice"] == 12
     assert lesion["axial_slice_range"] == [4, 20]
     assert lesion["craniocaudal_extent_mm"] == pytest.approx(17 * 2.0)
@@ -48,12 +50,17 @@ def test_volume_and_longest_axial_diameter_of_an_ellipsoid() -> None:
 
 
 def test_diameter_with_rotated_in_plane_axes_and_axial_axis_first() -> None:
-    # a 20 x 6 pixel rectangle, voxel order (z, y, x) and pixels 0.5 x 1.5 mm: the diagonal in mm
+    # a 20 x 6 pixel rectangle, voxel order (z, y, x) and pixels 0.5 x 1.5 mm: the diagonal in mm, edge to edge:
+    # centre to centre plus half a pixel at each end along the line (on the ellipse inscribed in the pixel)
     mask = np.zeros((5, 30, 30), dtype=bool)
     mask[2, 5:25, 10:16] = True
     affine = np.array([[0, 0, 0.5, 0], [0, 1.5, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])
     lesion = tumour_report(mask, affine)["lesions"][0]
-    assert lesion["longest_axial_diameter_mm"] == pytest.approx(math.hypot(19 * 1.5, 5 * 0.5))
+    along_y, along_x = 19 * 1.5, 5 * 0.5
+    centres = math.hypot(along_y, along_x)
+    pixel = 1 / math.hypot(along_y / centres / 1.5, along_x / centres / 0.5)
+    assert lesion["longest_axial_diameter_mm"] == pytest.approx(centres + pixel)
+    assert abs(lesion["longest_axial_diameter_mm"] - math.hypot(20 * 1.5, 6 * 0.5)) < 0.5
     assert lesion["axial_slice_range"] == [2, 2]
     assert lesion["craniocaudal_extent_mm"] == pytest.approx(3.0)
     assert lesion["volume_ml"] == pytest.approx(120 * 0.5 * 1.5 * 3.0 / 1000)

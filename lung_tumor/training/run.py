@@ -195,11 +195,10 @@ def load_trained_model(
         raise LungTumorError("run folder not found", run_dir)
     config = load_config(run_dir / "config.yaml")
     check_config_unchanged(run_dir, config)
-    if checkpoint == "best" and config.get("fold") == ALL_FOLD:  # trained without validation: its model is the last
-        checkpoint = "last"
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
+    path = checkpoint_file(run_dir, checkpoint, config)
     if not path.is_file():
-        raise LungTumorError(f"no {checkpoint} checkpoint (has this run finished an epoch?)", path)
+        name = path.stem if checkpoint in CHECKPOINT_NAMES else checkpoint
+        raise LungTumorError(f"no {name} checkpoint (has this run finished an epoch?)", path)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated or foreign file: one line for the user
@@ -220,6 +219,13 @@ def load_trained_model(
             f"checkpoint does not fit the network_def {type(network).__name__} of config.yaml ({detail})", path
         ) from None
     return network.to(device).eval(), config
+
+
+def checkpoint_file(run_dir: str | Path, checkpoint: str, config: ConfigParser) -> Path:
+    """The file of checkpoint ``best``, ``last`` or a path (``best`` of a run without validation is ``last``)."""
+    if checkpoint == "best" and config.get("fold") == ALL_FOLD:  # trained without validation: its model is the last
+        checkpoint = "last"
+    return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
 
 
 def check_config_unchanged(run_dir: Path, config: ConfigParser) -> None:

@@ -1,0 +1,86 @@
+"""Where a report comes from: package version, model run, settings, input checksum and date."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import lung_tumor
+
+DISCLAIMER = "Unverified output of a research model; not for diagnosis."
+CHUNK_BYTES = 1 << 20
+
+
+def input_sha256(path: str | Path) -> str:
+    """SHA-256 of a file; of a folder (a DICOM series), of its visible files' names and contents in name order."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    )
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as stream:
+            while chunk := stream.read(CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dicom_series_uid(folder: str | Path) -> str | None:
+    """The SeriesInstanceUID (0020,000E) of a DICOM folder's first file in name order, read from its header alone.
+
+    None when the folder holds no readable DICOM file or the tag is missing.
+    """
+    import itk
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return None
+    reader = itk.GDCMImageIO.New()
+    reader.SetFileName(str(files[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # not DICOM: ITK raises RuntimeError for a file it cannot parse
+        return None
+    found, value = reader.GetValueFromTag("0020|000e", "")
+    return value.strip().rstrip("\0") or None if found else None
+
+
+def prediction_provenance(
+    source: str | Path,
+    run_dir: str | Path,
+    checkpoint: str | Path,
+    threshold: float,
+    min_lesion_mm3: float,
+    lung_mask: bool,
+    series_instance_uid: str | None = None,
+) -> dict[str, Any]:
+    """The provenance block of a prediction's report.
+
+    Args:
+        source: the input file or DICOM folder.
+        run_dir: the training run folder.
+        checkpoint: the checkpoint file whose weights were used.
+        threshold: the probability threshold.
+        min_lesion_mm3: the small-lesion removal setting.
+        lung_mask: whether lesions far from the lungs were removed.
+        series_instance_uid: the DICOM SeriesInstanceUID (read from the folder's first file when not given).
+    """
+    if series_instance_uid is None and Path(source).is_dir():
+        series_instance_uid = dicom_series_uid(source)
+    return {
+        "package": "lung_tumor",
+        "package_version": lung_tumor.__version__,
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "threshold": float(threshold),
+        "post_processing": {"min_lesion_mm3": float(min_lesion_mm3), "lung_mask": bool(lung_mask)},
+        "input": str(source),
+        "input_sha256": input_sha256(source),
+        "series_instance_uid": series_instance_uid,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "disclaimer": DISCLAIMER,
+    }
