@@ -23,6 +23,7 @@ from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
 
 if TYPE_CHECKING:
+    from lung_tumor.location import LungAnatomy
     from lung_tumor.thorax import ThoraxMasks
 
 BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma below
@@ -270,6 +271,14 @@ def tumour_report(
         slab = tuple(outer[a] if a == axis else slice(None) for a in range(3))
         if not thorax.any_lungs(slab):
             contact_note = "unknown: no lung found in the CT (HU-based lung mask empty)"
+    anatomy = located = None
+    if contact_note is None and count:
+        from lung_tumor.location import lung_anatomy
+        from lung_tumor.thorax import ThoraxMasks, thorax_masks
+
+        # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
+        located = thorax if isinstance(thorax, ThoraxMasks) else thorax_masks(image_hu, affine)
+        anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask)
 
     lesions = []
     for index, local in enumerate(ndimage.find_objects(labels), start=1):
@@ -307,10 +316,15 @@ def tumour_report(
                 "contact_note": contact_note,
             }
         )
+        lesions[-1].update(_location(lesion_box, box, mask, image_hu, located, anatomy, contact_note))
     lesions.sort(key=lambda lesion: -lesion["volume_ml"])
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
+    from lung_tumor.location import lesion_relations
+
     return {
+        "lungs": anatomy.summary() if anatomy is not None else {"note": contact_note or "no lesion"},
+        "lesion_relations": lesion_relations(lesions),
         "total_volume_ml": float(np.count_nonzero(mask[outer]) * voxel_mm3 / 1000.0),
         "lesion_count": count,
         "spacing_mm": list(spacing),
@@ -321,6 +335,24 @@ def tumour_report(
         "lesions": lesions,
         "conventions": CONVENTIONS,
     }
+
+
+def _location(
+    lesion_box: np.ndarray,
+    box: tuple[slice, ...],
+    mask: np.ndarray,
+    image_hu: np.ndarray | None,
+    thorax: ThoraxMasks | None,
+    anatomy: LungAnatomy | None,
+    note: str | None,
+) -> dict[str, Any]:
+    """Location, contacts and airway distances of one lesion (:mod:`lung_tumor.location`), or why not."""
+    from lung_tumor.location import lesion_location
+
+    if anatomy is None:
+        why = note or "unknown"
+        return {"location": {"lung": why, "zone": why, "depth": why, "lobe": why}, "contacts": None, "airway": None}
+    return lesion_location(lesion_box, box, mask, image_hu, thorax, anatomy)
 
 
 def _yes_no(value: bool | None, note: str | None) -> str:
