@@ -145,17 +145,22 @@ class LungAnatomy:
         full = coarse * np.array(self.factors) + np.array(self.offsets)
         return full @ self.affine[:3, :3].T + self.affine[:3, 3]
 
-    def regions_at(self, box: tuple[slice, ...]) -> np.ndarray:
-        """The coarse regions on the full-resolution voxels of ``box``; unlabelled voxels (air, lesions) take
-        the nearest labelled coarse voxel's label, so the refined lung edge and the tissue beside it are covered."""
+    def regions_at(self, box: tuple[slice, ...], lungs: bool) -> np.ndarray:
+        """The nearest coarse lung (``lungs``) or tissue region (else) to each full-resolution voxel of ``box``.
+
+        A voxel takes the label of the nearest coarse voxel of that kind, so the refined lung edge gets a lung
+        and the tissue beside it a tissue region even where the coarse grid put them on the other side.
+        """
         index = [
             np.minimum(np.arange(s.start, s.stop) // f, n - 1)
             for s, f, n in zip(box, self.factors, self.regions.shape, strict=True)
         ]
-        low = [max(int(i[0]) - 2, 0) for i in index]
-        crop = self.regions[tuple(slice(lo, int(i[-1]) + 3) for lo, i in zip(low, index, strict=True))]
-        if crop.any() and not crop.all():
-            _, nearest = ndimage.distance_transform_edt(crop == 0, return_indices=True)
+        low = [max(int(i[0]) - 3, 0) for i in index]
+        crop = self.regions[tuple(slice(lo, int(i[-1]) + 4) for lo, i in zip(low, index, strict=True))]
+        keep = (crop == RIGHT) | (crop == LEFT) if lungs else crop >= MEDIASTINUM
+        crop = np.where(keep, crop, 0)
+        if crop.any() and not keep.all():
+            _, nearest = ndimage.distance_transform_edt(~keep, sampling=np.array(self.factors), return_indices=True)
             crop = crop[tuple(nearest)]
         return crop[np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))]
 
@@ -487,7 +492,7 @@ def lesion_location(
     lesion = np.zeros([s.stop - s.start for s in big], dtype=bool)
     lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
     lungs = thorax.lungs(big) & ~(np.asarray(all_lesions[big]) != 0)
-    regions = anatomy.regions_at(big)
+    regions = anatomy.regions_at(big, lungs=False)
     tissue = (np.asarray(image_hu[big]) > BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
     points = np.argwhere(lesion)
     offset = np.array([s.start for s in big])
@@ -514,12 +519,14 @@ def lesion_location(
     # which lung: the lung voxels near the lesion
     shell = ndimage.binary_dilation(lesion, iterations=1) & ~lesion
     shell_lung = shell & lungs
-    lung_labels = regions[shell_lung]
+    lung_labels = anatomy.regions_at(big, lungs=True)[shell_lung]
     right, left = int(np.count_nonzero(lung_labels == RIGHT)), int(np.count_nonzero(lung_labels == LEFT))
     centre_coarse = anatomy.coarse_index(
         np.rint(np.linalg.solve(affine[:3, :3], centroid - affine[:3, 3])).astype(int)[None]
     )[0]
-    centre_region = int(anatomy.regions[tuple(centre_coarse)])
+    centre_voxel = np.clip(np.rint(np.linalg.solve(affine[:3, :3], centroid - affine[:3, 3])) - offset, 0, None)
+    centre_voxel = np.minimum(centre_voxel.astype(int), np.array(lesion.shape) - 1)
+    centre_region = int(regions[tuple(centre_voxel)])  # the tissue region nearest the lesion's centroid
     shell_count = max(int(np.count_nonzero(shell)), 1)
     location: dict[str, Any] = {"lobe": LOBE_NOTE}
     if right + left == 0:

@@ -34,12 +34,15 @@ def voxel_index(x: float, y: float, z: float) -> tuple[int, int, int]:
     return tuple(int(round((w - o) / s)) for w, o, s in zip((x, y, z), ORIGIN, SPACING, strict=True))
 
 
-def chest() -> np.ndarray:
-    """The phantom's HU (RAS voxel order, :data:`AFFINE`)."""
+def chest(junction: bool = False) -> np.ndarray:
+    """The phantom's HU (RAS voxel order, :data:`AFFINE`); ``junction``: the lungs meet in front of the
+    mediastinum (an anterior junction line 7 mm deep, so the two lungs are one component)."""
     x, y, z = world_grid()
     hu = np.full(SHAPE, -1000.0, dtype=np.float32)
     hu[(x / 100) ** 2 + (y / 75) ** 2 <= 1] = 40.0
     lung = (np.abs(x) >= LUNG_X[0]) & (np.abs(x) <= LUNG_X[1]) & (np.abs(y) <= LUNG_Y)
+    if junction:
+        lung |= (np.abs(x) <= LUNG_X[1]) & (y >= LUNG_Y - 7) & (y <= LUNG_Y)
     hu[lung & (z >= LUNG_Z[0]) & (z <= LUNG_Z[1])] = -850.0
     hu[(x**2 + y**2 <= TRACHEA_RADIUS**2) & (z >= BIFURCATION_Z)] = -1000.0
     for side in (1, -1):
