@@ -15,11 +15,14 @@ with anisotropic voxels, gives the same answers.
   patient's left-right line, the nearest lung voxels on either side belong to different lungs; *diaphragm*
   where a lung lies above the voxel along its craniocaudal line (tissue under a lung's base); *chest wall*
   the rest (lateral, anterior and posterior to the lungs).
-- **Airway**: air (< :data:`AIRWAY_MAX_HU`) followed slice by slice from the scan's most superior slice
-  down: the trachea is the round air component nearest the midline there; the carina is where it splits in
-  two lumens on either side of it (the top of the ridge between them: halfway between the last slice with
-  one lumen and the first with two); each main bronchus is followed until it divides again, fades or leaks
-  into the lung (its section grows more than :data:`LEAK_GROWTH` times in one slice).
+- **Airway**: air (below :data:`AIRWAY_MAX_HU`, -500 HU, so a blurred lumen counts whole) inside the
+  mediastinum, followed slice by slice from the scan's most superior slice down. The trachea is the round
+  air component there, walled by tissue, deep in the body and near the midline; the carina is where it
+  splits in two lumens on either side of it (the top of the ridge between them: halfway between the last
+  slice with one lumen and the first with two) or, on a slice thick enough to hold the whole bifurcation,
+  the point under the trachea's centre on the slice where one lumen reaches out to both sides. Each main
+  bronchus is followed until it divides again, fades or meets the lung (its section grows more than
+  :data:`LEAK_GROWTH` times in one slice).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from lung_tumor.thorax import ThoraxMasks, _sample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
 REPORT_GAP_MM = 10.0  # gaps up to this are reported (further structures: gap_mm is None)
-AIRWAY_MAX_HU = -950.0  # airway lumen (air); lung parenchyma is about -900..-700
+AIRWAY_MAX_HU = BODY_MIN_HU  # the airway: not tissue (its blurred edge included); it leaks where it meets lung
 SECOND_LUNG_MIN_FRACTION = 0.2
 MAX_SPLIT_EROSIONS = 8
 TRACHEA_AREA_MM2 = (30.0, 1000.0)  # a trachea's section lies between these (about 6 to 36 mm across)
@@ -48,6 +51,7 @@ TRACHEA_WALL_MM = 3.0  # the ring this wide round the trachea's lumen is mostly 
 TRACHEA_WALL_TISSUE = 0.8  # ... this fraction of it at least (a main bronchus touches the lung)
 MIN_LUMEN_AREA_MM2 = 5.0
 LEAK_GROWTH = 2.5
+BIFURCATION_MAX_AREA_MM2 = 3000.0  # a slice through the whole bifurcation holds at most this much air
 MAIN_BRONCHUS_MAX_MM = 70.0  # followed at most this far below the carina
 LUMEN_SEARCH_MM = 20.0  # a lumen is looked for this far around the one on the slice above
 
@@ -271,14 +275,28 @@ def _track_airway(
         lumens = follow(trachea, k)
         if not lumens:
             return None, {}, "not found: the trachea ends without dividing within the scan"
+        parent = world(trachea.mean(axis=0, keepdims=True), previous)[0]
+        if len(lumens) == 1 and len(lumens[0]) > LEAK_GROWTH * len(trachea):
+            # a thick slice can hold the whole bifurcation: one lumen reaching out to both sides of the trachea
+            points = world(lumens[0], k)
+            reach = TRACHEA_AREA_MM2[0] ** 0.5
+            if (
+                len(lumens[0]) * pixel_mm2 <= BIFURCATION_MAX_AREA_MM2
+                and points[:, 0].max() - parent[0] >= reach
+                and parent[0] - points[:, 0].min() >= reach
+            ):
+                carina = parent.copy()
+                carina[2] = points[0, 2]
+                sides = points[:, 0] > parent[0]
+                branches = {"right": lumens[0][sides], "left": lumens[0][~sides]}
+                split_at = position
+                break
+            return None, {}, "not found: the trachea's air spreads out (it leaks into the lungs) before dividing"
         if len(lumens) == 1:
-            if len(lumens[0]) > LEAK_GROWTH * len(trachea):
-                return None, {}, "not found: the trachea's air spreads out (it leaks into the lungs) before dividing"
             trachea, previous = lumens[0], k
             trachea_points.append(world(trachea, k))
             continue
         centres = [world(lumen.mean(axis=0, keepdims=True), k)[0] for lumen in lumens[:2]]
-        parent = world(trachea.mean(axis=0, keepdims=True), previous)[0]
         if (centres[0][0] - parent[0]) * (centres[1][0] - parent[0]) >= 0:
             return None, {}, "not found: the trachea's first division is not into a right and a left lumen"
         carina = (centres[0] + centres[1]) / 2

@@ -9,7 +9,7 @@ import numpy as np
 SPACING = (1.0, 1.5, 2.5)  # x (patient's left-right), y, z: anisotropic, mm and voxels differ on two axes
 ORIGIN = (-105.0, -80.0, -60.0)
 SHAPE = (211, 107, 49)
-LUNG_X = (10.0, 70.0)  # each lung spans this |x| (mediastinum between -10 and 10 mm)
+LUNG_X = (20.0, 70.0)  # each lung spans this |x| (mediastinum between -20 and 20 mm)
 LUNG_Y = 45.0
 LUNG_Z = (-40.0, 50.0)  # the diaphragm below -40 mm
 TRACHEA_RADIUS, BRONCHUS_RADIUS = 8.0, 5.0
