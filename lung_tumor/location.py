@@ -636,3 +636,48 @@ def lesion_relations(lesions: list[dict[str, Any]]) -> dict[str, Any]:
     if len(counts.get("right", [])) and len(counts.get("left", [])):
         summary += " (both lungs)"
     return {"pairs": pairs, "summary": summary}
+
+
+def _finding(name: str, finding: dict[str, Any]) -> str:
+    if finding.get("contact") is None:
+        return f"{name}: {finding.get('note', 'not assessed')}"
+    if finding["contact"]:
+        return f"{name}: yes, contact length {finding['contact_length_mm']:.1f} mm"
+    gap = finding["gap_mm"]
+    return f"{name}: no (gap {gap:.1f} mm)" if gap is not None else f"{name}: no (over {REPORT_GAP_MM:g} mm)"
+
+
+def format_location(lesion: dict[str, Any]) -> list[str]:
+    """Text lines for one lesion's location, contacts and airway distances (see :func:`lesion_location`)."""
+    location = lesion["location"]
+    lines = [
+        f"  lung: {location['lung']}; zone: {location['zone']}; depth: {location['depth']}",
+        f"  lobe: {location['lobe']}",
+    ]
+    contacts = lesion.get("contacts")
+    if contacts:
+        findings = "; ".join(_finding(name.replace("_", " "), contacts[name]) for name in STRUCTURES)
+        lines.append(f"  contact (within {contacts['threshold_mm']:g} mm): {findings}")
+    airway = lesion.get("airway")
+    if airway:
+        if airway["distance_to_carina_mm"] is None:
+            lines.append(f"  carina and main bronchi: {airway['note']}")
+        else:
+            lines.append(
+                f"  distance to the carina {airway['distance_to_carina_mm']:.1f} mm, to the "
+                f"{airway['nearest_main_bronchus']} main bronchus {airway['distance_to_main_bronchus_mm']:.1f} mm"
+            )
+    return lines
+
+
+def format_lungs(report: dict[str, Any]) -> list[str]:
+    """Text lines for the scan's lungs and the lesions' relations."""
+    lungs = report.get("lungs", {})
+    if "split_method" not in lungs:
+        return []
+    carina = lungs["carina_world_mm"]
+    where = "not found" if carina is None else "RAS (" + ", ".join(f"{c:.1f}" for c in carina) + ") mm"
+    return [
+        f"  lungs: left and right {lungs['split_method']}; carina {where}",
+        f"  {report['lesion_relations']['summary']}",
+    ]

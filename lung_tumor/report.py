@@ -370,6 +370,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"  voxel size: {spacing} mm, orientation {report['orientation']}",
         f"  midline: x = {report['midline_x_mm']:.1f} mm ({report['midline_method']})",
     ]
+    from lung_tumor.location import format_location, format_lungs
+
+    lines += format_lungs(report)
     if not report["lesions"]:
         lines.append("  no tumour found")
     for lesion in report["lesions"]:
@@ -387,6 +390,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  touches chest wall: {_yes_no(lesion['touches_chest_wall'], lesion['contact_note'])}; "
             f"touches mediastinum: {_yes_no(lesion['touches_mediastinum'], lesion['contact_note'])}",
         ]
+        if "location" in lesion:
+            lines += format_location(lesion)
     return "\n".join(lines) + "\n"
 
 

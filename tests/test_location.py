@@ -23,7 +23,7 @@ from chest_phantom import (
 
 from lung_tumor.data.synth import synthesize_case
 from lung_tumor.location import lesion_relations
-from lung_tumor.report import tumour_report
+from lung_tumor.report import format_report, tumour_report
 
 # one lesion in each lung and each third of it (the lungs span z -40..50 mm: thirds at 20 and -10 mm)
 ZONE_LESIONS = {
@@ -263,6 +263,9 @@ def test_real_lidc_nodule_lies_in_the_left_lung(real_ct_dir: Path) -> None:
     assert lesion["location"]["zone"].startswith("not assessed")  # a 16-slice slab holds no whole lung
     assert lesion["contacts"]["diaphragm"]["contact"] is None  # the slab ends above the lung bases
     assert report["lungs"]["carina_world_mm"] is None  # the slab starts below the carina
+    text = format_report(report)
+    assert "  lung: left; zone: not assessed" in text
+    assert "contact (within 2 mm): chest wall: yes, contact length" in text
 
 
 @pytest.mark.parametrize(("case", "lung", "zone"), [(2, "left", "upper"), (3, "right", "middle")])
