@@ -17,7 +17,7 @@ with anisotropic voxels, gives the same answers.
   the rest (lateral, anterior and posterior to the lungs).
 - **Airway**: air (below :data:`AIRWAY_MAX_HU`, -500 HU, so a blurred lumen counts whole) inside the
   mediastinum, followed slice by slice from the scan's most superior slice down. The trachea is the round
-  air component there, walled by tissue, deep in the body and near the midline; the carina is where it
+  air component there, walled by tissue and near the midline; the carina is where it
   splits in two lumens on either side of it (the top of the ridge between them: halfway between the last
   slice with one lumen and the first with two) or, on a slice thick enough to hold the whole bifurcation,
   the point under the trachea's centre on the slice where one lumen reaches out to both sides. Each main
@@ -45,8 +45,7 @@ AIRWAY_MAX_HU = BODY_MIN_HU  # the airway: not tissue (its blurred edge included
 SECOND_LUNG_MIN_FRACTION = 0.2
 MAX_SPLIT_EROSIONS = 8
 TRACHEA_AREA_MM2 = (30.0, 1000.0)  # a trachea's section lies between these (about 6 to 36 mm across)
-TRACHEA_MAX_OFFSET_MM = 20.0  # from the body midline
-TRACHEA_MIN_DEPTH_MM = 15.0  # from the body's surface on its slice
+TRACHEA_MAX_OFFSET_MM = 30.0  # from the body midline (a crop off the body centre moves the midline)
 TRACHEA_WALL_MM = 3.0  # the ring this wide round the trachea's lumen is mostly tissue ...
 TRACHEA_WALL_TISSUE = 0.8  # ... this fraction of it at least (a main bronchus touches the lung)
 MIN_LUMEN_AREA_MM2 = 5.0
@@ -56,8 +55,8 @@ MAIN_BRONCHUS_MAX_MM = 70.0  # followed at most this far below the carina
 LUMEN_SEARCH_MM = 20.0  # a lumen is looked for this far around the one on the slice above
 
 NO_TRACHEA = (
-    "not found: no trachea on the scan's most superior slice (round air walled by tissue, deep in the body, near "
-    "the midline): the scan may start below the carina"
+    "not found: no trachea on the scan's most superior slice (round air walled by tissue, near the midline): "
+    "the scan may start below the carina"
 )
 
 RIGHT, LEFT = 1, 2
@@ -217,16 +216,11 @@ def _track_airway(
         index[in_plane[0]], index[in_plane[1]] = box
         return np.asarray(image_hu[tuple(index)]) < AIRWAY_MAX_HU
 
-    # the trachea on the top slice: a round air component deep inside the body, near the midline
+    # the trachea on the top slice: a round air component walled by tissue, near the midline
     top = next(iter(order))
     full = (slice(0, image_hu.shape[in_plane[0]]), slice(0, image_hu.shape[in_plane[1]]))
     top_index = [slice(None)] * 3
     top_index[axis] = top
-    body, _ = ndimage.label(np.asarray(image_hu[tuple(top_index)]) > BODY_MIN_HU)
-    sizes = np.bincount(body.ravel())
-    sizes[0] = 0
-    body = ndimage.binary_fill_holes(body == np.argmax(sizes)) if sizes.any() else body > 0
-    depth = ndimage.distance_transform_edt(body, sampling=spacing[in_plane])
     top_tissue = np.asarray(image_hu[tuple(top_index)]) > BODY_MIN_HU
     labels, count = ndimage.label(section(top, full))
     ring_steps = [max(1, int(math.ceil(TRACHEA_WALL_MM / s))) for s in spacing[in_plane]]
@@ -248,7 +242,6 @@ def _track_airway(
             TRACHEA_AREA_MM2[0] <= area <= TRACHEA_AREA_MM2[1]
             and area >= 0.5 * box_area
             and abs(centre[0] - midline_x) <= TRACHEA_MAX_OFFSET_MM
-            and depth[tuple(np.rint(pixels.mean(axis=0)).astype(int))] >= TRACHEA_MIN_DEPTH_MM
             and walled
             and area > best_area
         ):

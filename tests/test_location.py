@@ -22,8 +22,9 @@ from chest_phantom import (
 )
 
 from lung_tumor.data.synth import synthesize_case
-from lung_tumor.location import lesion_relations
-from lung_tumor.report import format_report, tumour_report
+from lung_tumor.location import lesion_relations, lung_anatomy
+from lung_tumor.report import body_midline_x, format_report, tumour_report
+from lung_tumor.thorax import thorax_masks
 
 # one lesion in each lung and each third of it (the lungs span z -40..50 mm: thirds at 20 and -10 mm)
 ZONE_LESIONS = {
@@ -279,3 +280,19 @@ def test_synthetic_scans_lung_and_zone(case: int, lung: str, zone: str) -> None:
     lesion = lesion_at(report, tuple(truth))
     assert (lesion["location"]["lung"], lesion["location"]["zone"]) == (lung, zone)
     assert report["lungs"]["right"]["apex_in_scan"] and report["lungs"]["left"]["base_in_scan"]
+
+
+def test_real_thorax_crop_carina(real_ct_dir: Path) -> None:
+    # The carina of this crop, read by eye on its axial slices: the ridge between the main bronchi forms at
+    # voxel (43, 74) on slices 94-95 (the trachea is one oval lumen on slice 100, two lumens on slice 92).
+    ct = nib.load(real_ct_dir / "thorax-no-tumour" / "ct.nii.gz")
+    image = np.asarray(ct.dataobj)
+    midline_x, _ = body_midline_x(ct.affine, image.shape, image)
+    anatomy = lung_anatomy(image, ct.affine, thorax_masks(image, ct.affine), midline_x)
+    truth = ct.affine[:3, :3] @ np.array([43.0, 74.0, 94.5]) + ct.affine[:3, 3]
+    assert anatomy.carina_world is not None
+    assert np.linalg.norm(anatomy.carina_world - truth) <= 3 * 1.5
+    assert set(anatomy.bronchi_world) == {"right", "left", "trachea"}
+    # the right main bronchus runs to the patient's right (RAS +x) of the carina, the left one to the left
+    assert anatomy.bronchi_world["right"][:, 0].mean() > anatomy.carina_world[0]
+    assert anatomy.bronchi_world["left"][:, 0].mean() < anatomy.carina_world[0]
