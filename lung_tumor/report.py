@@ -49,13 +49,14 @@ from lung_tumor.measurements import (
 from lung_tumor.provenance import DISCLAIMER
 
 if TYPE_CHECKING:
+    from lung_tumor.location import LungAnatomy
     from lung_tumor.thorax import ThoraxMasks
 
 BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma below
 AIR_MAX_HU = -400.0  # "air-like" for the lung mask (lung parenchyma is about -900..-500)
 CONTACT_DILATION_VOXELS = 2
 MIN_CONTACT_VOXELS = 3
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 
 CONVENTIONS = {
     "schema_version": f"{SCHEMA_VERSION}: fields, units and conventions in docs/report_schema.md",
@@ -280,6 +281,14 @@ def tumour_report(
         slab = tuple(outer[a] if a == axis else slice(None) for a in range(3))
         if not thorax.any_lungs(slab):
             contact_note = "unknown: no lung found in the CT (HU-based lung mask empty)"
+    anatomy = located = None
+    if contact_note is None and count:
+        from lung_tumor.location import lung_anatomy
+        from lung_tumor.thorax import ThoraxMasks, thorax_masks
+
+        # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
+        located = thorax if isinstance(thorax, ThoraxMasks) else thorax_masks(image_hu, affine)
+        anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask)
 
     lesions = []
     for index, local in enumerate(ndimage.find_objects(labels), start=1):
@@ -322,12 +331,17 @@ def tumour_report(
                 ),
             }
         )
+        lesions[-1].update(_location(lesion_box, box, mask, image_hu, located, anatomy, contact_note))
     lesions.sort(key=lambda lesion: -lesion["volume_ml"])
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
+    from lung_tumor.location import lesion_relations
+
     return {
         "schema_version": SCHEMA_VERSION,
         "disclaimer": DISCLAIMER,
+        "lungs": anatomy.summary() if anatomy is not None else {"note": contact_note or "no lesion"},
+        "lesion_relations": lesion_relations(lesions),
         "total_volume_ml": float(np.count_nonzero(mask[outer]) * voxel_mm3 / 1000.0),
         "lesion_count": count,
         "spacing_mm": list(spacing),
@@ -340,6 +354,24 @@ def tumour_report(
         "lesions": lesions,
         "conventions": CONVENTIONS,
     }
+
+
+def _location(
+    lesion_box: np.ndarray,
+    box: tuple[slice, ...],
+    mask: np.ndarray,
+    image_hu: np.ndarray | None,
+    thorax: ThoraxMasks | None,
+    anatomy: LungAnatomy | None,
+    note: str | None,
+) -> dict[str, Any]:
+    """Location, contacts and airway distances of one lesion (:mod:`lung_tumor.location`), or why not."""
+    from lung_tumor.location import lesion_location
+
+    if anatomy is None:
+        why = note or "unknown"
+        return {"location": {"lung": why, "zone": why, "depth": why, "lobe": why}, "contacts": None, "airway": None}
+    return lesion_location(lesion_box, box, mask, image_hu, thorax, anatomy)
 
 
 def _yes_no(value: bool | None, note: str | None) -> str:
@@ -410,6 +442,9 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  T ({t['label']}): not assessed ({t['note']})")
     lines.append(f"    not assessed: {'; '.join(t['not_assessed'])}")
+    from lung_tumor.location import format_location, format_lungs
+
+    lines += format_lungs(report)
     if not report["lesions"]:
         lines.append("  no tumour found")
     for lesion in report["lesions"]:
@@ -437,6 +472,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  touches chest wall: {_yes_no(lesion['touches_chest_wall'], lesion['contact_note'])}; "
             f"touches mediastinum: {_yes_no(lesion['touches_mediastinum'], lesion['contact_note'])}",
         ]
+        if "location" in lesion:
+            lines += format_location(lesion)
     return "\n".join(lines) + "\n"
 
 
