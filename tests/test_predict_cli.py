@@ -71,6 +71,7 @@ def test_default_options_find_every_lesion_and_report_them(tmp_path: Path, lesio
     assert sorted(p.name for p in out.iterdir()) == [
         "ct.nii.gz",
         "ct_probability.nii.gz",
+        "ct_report.html",
         "ct_report.json",
         "ct_report.txt",
     ]
@@ -133,7 +134,7 @@ def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(tmp_path: P
     out = tmp_path / "out"
     predict_cli(run, folder, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        f"{case}{suffix}" for case in ("first", "second") for suffix in (".nii.gz", "_report.json", "_report.txt")
+        f"{case}{suffix}" for case in ("first", "second") for suffix in (".nii.gz", "_report.html", "_report.json", "_report.txt")
     ]
     first, first_affine = read_mask(out / "first.nii.gz")
     second, second_affine = read_mask(out / "second.nii.gz")
