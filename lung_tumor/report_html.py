@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from scipy import ndimage
 
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
@@ -77,9 +77,7 @@ def pixels_to_mm(volume: _DisplayVolume, rows: Any, columns: Any) -> tuple[np.nd
     return x, y
 
 
-def short_axis_mm(
-    volume: _DisplayVolume, section: np.ndarray, long_ends_xy: np.ndarray, short_mm: float
-) -> np.ndarray:
+def short_axis_mm(volume: _DisplayVolume, section: np.ndarray, long_ends_xy: np.ndarray, short_mm: float) -> np.ndarray:
     """Endpoints (2, 2) in axes mm of the short axis drawn: perpendicular to the long axis, ``short_mm`` long.
 
     It crosses the long axis at the section's centroid projected onto it and is centred on the section's
@@ -353,10 +351,12 @@ def report_html(report: dict[str, Any], pictures: dict[int, str], title: str = "
         f"<h1>Tumour report {_e(title)}</h1>",
         f'<p class="disclaimer">{_e(report["disclaimer"])}</p>',
         "<h2>Summary</h2><table>",
-        f"<tr><th>total tumour volume</th><td>{report['total_volume_ml']:.2f} ml in {report['lesion_count']} lesion(s)</td></tr>",
+        f"<tr><th>total tumour volume</th><td>{report['total_volume_ml']:.2f} ml in "
+        f"{report['lesion_count']} lesion(s)</td></tr>",
         f"<tr><th>RECIST 1.1 target lesions</th><td>{_e(', '.join(map(str, recist['target_lesions'])) or 'none')}; "
         f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm</td></tr>",
-        f"<tr><th>non-target lesions</th><td>{_e(', '.join(map(str, recist['non_target_lesions'])) or 'none')}</td></tr>",
+        f"<tr><th>non-target lesions</th><td>{_e(', '.join(map(str, recist['non_target_lesions'])) or 'none')}"
+        "</td></tr>",
         f"<tr><th>measurable from</th><td>{recist['min_measurable_diameter_mm']:.1f} mm "
         f"(slice thickness {recist['slice_thickness_mm']:.2f} mm)</td></tr>",
         f"<tr><th>T ({_e(t['label'])})</th><td>{_e(t_text)}<br><span class=note>not assessed: "

@@ -202,7 +202,9 @@ def test_rerun_over_its_own_outputs_needs_no_overwrite(tmp_path: Path, capsys: p
     assert predict(capsys, run, folder, out, "--probabilities") == (0, [])
     assert checksums(out, undated=True) == first and checksums(folder) == before
     assert sorted(first) == sorted(
-        f"lung_00{i}{end}" for i in (1, 2) for end in (".nii.gz", "_probability.nii.gz", "_report.json", "_report.txt", "_report.html")
+        f"lung_00{i}{end}"
+        for i in (1, 2)
+        for end in (".nii.gz", "_probability.nii.gz", "_report.json", "_report.txt", "_report.html")
     )
     assert all(written_by_lung_tumor(out / name) for name in first if not name.endswith((".txt", ".html")))
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chest_phantom import AFFINE, SHAPE, add_box, add_sphere, chest, to_lps, voxel_index
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from chest_phantom import AFFINE, SHAPE, add_box, add_sphere, chest, to_lps, voxel_index
 from lung_tumor.report import tumour_report
 from lung_tumor.report_html import (
     LONG_AXIS_COLOUR,
@@ -26,7 +26,7 @@ from lung_tumor.report_html import (
 )
 from lung_tumor.visualize import _DisplayVolume
 
-BOX_LOW, BOX_HIGH = voxel_index(-60, -10, -10), voxel_index(-45, 5, 0)  # in the patient's right lung
+BOX_LOW, BOX_HIGH = voxel_index(-60, -10, -10), voxel_index(-45, 5, 0)  # in the patient's left lung
 
 
 def box_with_corner(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
