@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.figure import Figure
@@ -39,6 +40,7 @@ from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
 from lung_tumor.report import label_in_bounding_box
 from lung_tumor.visualize import (
+    DISPLAY_AXCODES,
     DPI,
     LUNG_WINDOW_LEVEL,
     LUNG_WINDOW_WIDTH,
@@ -218,6 +220,15 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
 def _grid_mm(volume: _DisplayVolume) -> tuple[np.ndarray, np.ndarray]:
     rows, columns = volume.image.shape[:2]
     return pixels_to_mm(volume, np.arange(rows), np.arange(columns))
+
+
+def _displayed(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``array`` in the voxel order of :class:`_DisplayVolume` (rows anterior -> posterior, columns right -> left)."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(np.asarray(affine, dtype=float)),
+        nib.orientations.axcodes2ornt(DISPLAY_AXCODES),
+    )
+    return nib.orientations.apply_orientation(array, transform)
 
 
 def _png_data_uri(figure: Figure) -> str:
@@ -436,14 +447,22 @@ def write_report_html(
     pictures: dict[int, str] = {}
     numbers = pictured_lesions(report)
     if numbers:
-        binary = np.asarray(mask) != 0
-        labels, count = label_in_bounding_box(binary)
+        labels, _ = label_in_bounding_box(np.asarray(mask) != 0)
+        boxes = ndimage.find_objects(labels)
         # the report numbers lesions by volume; its centroid (voxel indices) names the component exactly
-        centroids = np.array(ndimage.center_of_mass(binary, labels, range(1, count + 1))).reshape(-1, 3)
+        centroids = np.array(
+            [
+                np.argwhere(labels[box] == index).mean(axis=0) + [s.start for s in box]
+                for index, box in enumerate(boxes, 1)
+            ]
+        )
+        volume = _DisplayVolume(image_hu, affine, {})
         for number in numbers:
             lesion = next(item for item in report["lesions"] if item["lesion"] == number)
-            component = 1 + int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
-            volume = _DisplayVolume(image_hu, affine, {"lesion": labels == component})
+            index = int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
+            alone = np.zeros(labels.shape, dtype=bool)
+            alone[boxes[index]] = labels[boxes[index]] == index + 1
+            volume.masks["lesion"] = _displayed(alone, affine)
             pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
     page = report_html(report, pictures, title)
     return write_atomic(path, lambda f: f.write(page))
