@@ -156,7 +156,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     axial.set_xlim(box[0], box[1])
     axial.set_ylim(box[3], box[2])
     axial.set_title(
-        f"axial, {volume.slice_label(k)} (viewer slice {lesion['longest_axial_diameter_slice_number']})\n"
+        f"axial, slice {lesion['longest_axial_diameter_slice_number']} (z = "
+        f"{(volume.affine @ np.array([0.0, 0.0, k, 1.0]))[2]:.1f} mm)\n"
         f"long axis {lesion['longest_axial_diameter_mm']:.1f} mm, short axis {lesion['short_axis_diameter_mm']:.1f} mm",
         fontsize=10,
     )
