@@ -79,6 +79,7 @@ def _predict(args: argparse.Namespace) -> None:
         lung_mask=args.lung_mask,
         save_probabilities=args.probabilities,
         report=not args.no_report,
+        html=not args.no_html,
         overwrite=args.overwrite,
         fail_fast=args.fail_fast,
         on_error=_print_error,
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-mm3", type=float, default=0.0, help="drop components smaller than this")
     p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
     p.add_argument("--probabilities", action="store_true", help="also write the probability map")
-    p.add_argument("--no-report", action="store_true", help="skip the tumour spread report")
+    p.add_argument("--no-report", action="store_true", help="skip the tumour spread report (JSON, text and HTML)")
+    p.add_argument("--no-html", action="store_true", help="skip the one-page HTML report (CASE_report.html)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--fail-fast", action="store_true", help="stop at the first scan that fails (default: go on)")
     p.set_defaults(func=_predict)

@@ -225,6 +225,7 @@ def output_paths(source: Path, output: Path | None, run_dir: Path, many: bool) -
         "probability": folder / f"{case}_probability.nii.gz",
         "report_json": folder / f"{case}_report.json",
         "report_text": folder / f"{case}_report.txt",
+        "report_html": folder / f"{case}_report.html",
     }
 
 
@@ -235,12 +236,13 @@ def plan_outputs(
     save_probabilities: bool = False,
     report: bool = True,
     overwrite: bool = False,
+    html: bool = True,
 ) -> list[dict[str, Path]]:
     """Every path ``predict`` will write for ``sources``, checked by the output policy before any work.
 
     Returns:
-        For each source, its output paths (``mask``, and ``probability``, ``report_json``, ``report_text``
-        when written).
+        For each source, its output paths (``mask``, and ``probability``, ``report_json``, ``report_text``,
+        ``report_html`` when written; the page only with the report).
 
     Raises:
         LungTumorError: an output would replace an input or a file lung-tumor did not write, or cannot be
@@ -255,8 +257,11 @@ def plan_outputs(
         if not report:
             paths.pop("report_json")
             paths.pop("report_text")
+        if not (report and html):
+            paths.pop("report_html")
         for name, path in paths.items():
-            plan.add_file(path, vouched_by=paths["report_json"] if name == "report_text" else None, source=source)
+            vouched_by = paths["report_json"] if name in ("report_text", "report_html") else None
+            plan.add_file(path, vouched_by=vouched_by, source=source)
         planned.append(paths)
     plan.check()
     return planned
@@ -274,6 +279,7 @@ def predict(
     overwrite: bool = False,
     fail_fast: bool = False,
     on_error: Callable[[LungTumorError], None] | None = None,
+    html: bool = True,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
@@ -289,10 +295,11 @@ def predict(
         min_lesion_mm3: remove predicted lesions smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
-        report: write the tumour spread report (``CASE_report.json`` and ``.txt``).
+        report: write the tumour spread report (``CASE_report.json``, ``.txt`` and, with ``html``, ``.html``).
         overwrite: replace existing output files that lung-tumor did not write (never an input).
         fail_fast: stop at the first scan that fails (its error is raised).
         on_error: called with each failing scan's error (default: log it).
+        html: with the report, also write the one-page ``CASE_report.html`` (:mod:`lung_tumor.report_html`).
 
     Returns:
         For each input segmented, the paths written.
@@ -303,7 +310,7 @@ def predict(
     """
     sources = input_volumes(Path(input))
     planned = plan_outputs(
-        sources, None if output is None else Path(output), Path(run), save_probabilities, report, overwrite
+        sources, None if output is None else Path(output), Path(run), save_probabilities, report, overwrite, html
     )
     predictor = Predictor(run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask)
     written, failed = [], []
@@ -351,6 +358,11 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
         }
         spread["source"] = str(result.source)
         write_report(spread, paths["report_json"], paths["report_text"])
+        if "report_html" in paths:
+            from lung_tumor.report_html import write_report_html
+
+            case = paths["report_html"].name.removesuffix("_report.html")
+            write_report_html(spread, result.mask, result.image_hu, result.affine, paths["report_html"], case)
         log.info(
             "%s: %d lesion(s), %.2f ml -> %s",
             result.source.name,

@@ -165,6 +165,22 @@ def test_a_file_lung_tumor_did_not_write_needs_overwrite(tmp_path: Path, capsys:
     assert checksums(folder) == before
 
 
+def test_a_report_page_without_its_json_is_not_ours_and_no_html_leaves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = make_run(tmp_path / "run")
+    folder = scans(tmp_path / "scans", "ct.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ct_report.html").write_text("<p>the radiologist's own page</p>\n")
+    status, errors = predict(capsys, run, folder, out)
+    assert status == 1 and len(errors) == 1 and "ct_report.html: exists and was not written by lung-tumor" in errors[0]
+    assert not (out / "ct.nii.gz").exists()  # refused before any work
+    assert predict(capsys, run, folder, out, "--no-html") == (0, [])
+    assert (out / "ct_report.html").read_text() == "<p>the radiologist's own page</p>\n"
+    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "ct_report.html", "ct_report.json", "ct_report.txt"]
+
+
 def test_a_report_text_without_its_json_is_not_ours(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = make_run(tmp_path / "run")
     folder = scans(tmp_path / "scans", "ct.nii.gz")
@@ -186,9 +202,11 @@ def test_rerun_over_its_own_outputs_needs_no_overwrite(tmp_path: Path, capsys: p
     assert predict(capsys, run, folder, out, "--probabilities") == (0, [])
     assert checksums(out, undated=True) == first and checksums(folder) == before
     assert sorted(first) == sorted(
-        f"lung_00{i}{end}" for i in (1, 2) for end in (".nii.gz", "_probability.nii.gz", "_report.json", "_report.txt")
+        f"lung_00{i}{end}"
+        for i in (1, 2)
+        for end in (".nii.gz", "_probability.nii.gz", "_report.json", "_report.txt", "_report.html")
     )
-    assert all(written_by_lung_tumor(out / name) for name in first if not name.endswith(".txt"))
+    assert all(written_by_lung_tumor(out / name) for name in first if not name.endswith((".txt", ".html")))
 
 
 def test_two_inputs_writing_one_output_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -229,6 +247,7 @@ def test_fail_fast_stops_at_the_bad_scan(tmp_path: Path, capsys: pytest.CaptureF
     assert status == 1 and len(errors) == 1 and errors[0].startswith(f"lung-tumor: error: {bad}: cannot read image")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "lung_001.nii.gz",
+        "lung_001_report.html",
         "lung_001_report.json",
         "lung_001_report.txt",
     ]
@@ -242,6 +261,7 @@ def test_hidden_files_in_the_input_folder_are_not_inputs(tmp_path: Path, capsys:
     assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "lung_001.nii.gz",
+        "lung_001_report.html",
         "lung_001_report.json",
         "lung_001_report.txt",
     ]
@@ -310,7 +330,7 @@ def test_a_prediction_killed_during_its_write_reruns_cleanly(tmp_path: Path, cap
     assert len(left) == 1 and left[0].startswith(".lung_001.") and left[0].endswith(".tmp.nii.gz")
     assert predict(capsys, run, folder, out) == (0, [])
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"lung_00{i}{end}" for i in (1, 2) for end in (".nii.gz", "_report.json", "_report.txt")
+        f"lung_00{i}{end}" for i in (1, 2) for end in (".nii.gz", "_report.json", "_report.txt", "_report.html")
     )
     assert_mask(out / "lung_001.nii.gz")
     assert_mask(out / "lung_002.nii.gz")

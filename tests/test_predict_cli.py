@@ -71,6 +71,7 @@ def test_default_options_find_every_lesion_and_report_them(tmp_path: Path, lesio
     assert sorted(p.name for p in out.iterdir()) == [
         "ct.nii.gz",
         "ct_probability.nii.gz",
+        "ct_report.html",
         "ct_report.json",
         "ct_report.txt",
     ]
@@ -87,6 +88,9 @@ def test_default_options_find_every_lesion_and_report_them(tmp_path: Path, lesio
     assert report["lesion_count"] == 4 and report["source"] == str(source)
     voxel_ml = float(np.prod(np.linalg.norm(nib.load(source).affine[:3, :3], axis=0))) / 1000
     assert report["total_volume_ml"] == pytest.approx(mask.sum() * voxel_ml, rel=1e-3)
+    page = (out / "ct_report.html").read_text()  # the page: every lesion's row, a picture per target lesion
+    assert report["disclaimer"] in page and page.count("<tr><td class=num>") == 4
+    assert page.count('src="data:image/png;base64,') == max(1, len(report["recist"]["target_lesions"]))
 
 
 @pytest.mark.parametrize(
@@ -133,7 +137,9 @@ def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(tmp_path: P
     out = tmp_path / "out"
     predict_cli(run, folder, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        f"{case}{suffix}" for case in ("first", "second") for suffix in (".nii.gz", "_report.json", "_report.txt")
+        f"{case}{suffix}"
+        for case in ("first", "second")
+        for suffix in (".nii.gz", "_report.html", "_report.json", "_report.txt")
     ]
     first, first_affine = read_mask(out / "first.nii.gz")
     second, second_affine = read_mask(out / "second.nii.gz")

@@ -1,0 +1,472 @@
+"""The tumour report as one self-contained HTML page: the numbers, and pictures of the lesions with calipers.
+
+``lung-tumor predict`` writes ``CASE_report.html`` beside ``CASE_report.json`` and ``.txt`` (unless
+``--no-html`` or ``--no-report``). The page has no external asset: the pictures are PNGs embedded as base64
+``data:`` URIs, the style sheet is inline, so the file can be mailed or archived alone. It shows, from the
+top: the disclaimer, the summary (volume, lesion count, grid), RECIST 1.1 and the size-based T descriptor,
+a table of the lesions (calipers, slice numbers, location, contacts, attenuation, confidence, flags), and
+for each RECIST target lesion (the largest lesion when there is no target):
+
+- the axial slice through its longest axial diameter, zoomed on the lesion, in a lung window and in
+  radiological view (patient's right on the image's left, anterior up) with the lesion's contour, the long
+  axis drawn between the report's endpoints (``longest_axial_diameter_endpoints_lps_mm``, converted from
+  LPS mm to the displayed pixel grid through the affine, :func:`display_pixels`) and the short axis:
+  perpendicular to it, of the report's ``short_axis_diameter_mm``, centred on the section's extent across
+  the long axis (the report gives no short-axis endpoints);
+- the coronal slice through the lesion's centroid (patient's right on the left, superior up) with its
+  contour and a dashed line at the axial slice shown, for its craniocaudal extent.
+
+The page is vouched for as lung-tumor's by ``CASE_report.json`` (:mod:`lung_tumor.outputs`), and also
+names its generator in a ``<meta name="generator">`` tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy import ndimage
+
+from lung_tumor.io import write_atomic
+from lung_tumor.outputs import marker
+from lung_tumor.report import label_in_bounding_box
+from lung_tumor.visualize import (
+    DISPLAY_AXCODES,
+    DPI,
+    LUNG_WINDOW_LEVEL,
+    LUNG_WINDOW_WIDTH,
+    PREDICTION_COLOUR,
+    _DisplayVolume,
+)
+
+log = logging.getLogger(__name__)
+
+# Okabe-Ito yellow and sky blue: the calipers stand out from the vermillion contour and the grey CT.
+LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR = "#F0E442", "#56B4E9"
+FIGURE_SIZE_INCHES = (11.0, 5.2)  # 1100 x 520 pixels: axial and coronal side by side
+VIEW_MARGIN_MM = 20.0
+
+
+def display_pixels(volume: _DisplayVolume, points_lps_mm: Any) -> np.ndarray:
+    """Points in patient LPS mm as (row, column, slice) indices of the displayed (radiological) array.
+
+    Row and column are continuous pixel indices with the pixel centres at whole numbers; slice is the index
+    along the displayed array's third (inferior -> superior) axis.
+
+    Args:
+        volume: the displayed volume (its ``affine`` maps displayed indices to RAS mm).
+        points_lps_mm: (N, 3) points in DICOM LPS mm, as the report gives them.
+    """
+    points = np.atleast_2d(np.asarray(points_lps_mm, dtype=float))
+    ras = points * np.array([-1.0, -1.0, 1.0])
+    homogeneous = np.c_[ras, np.ones(len(ras))]
+    return (np.linalg.inv(volume.affine) @ homogeneous.T).T[:, :3]
+
+
+def pixels_to_mm(volume: _DisplayVolume, rows: Any, columns: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Displayed pixel indices to the axes' mm of :meth:`_DisplayVolume.draw` (pixel centres at +0.5 pixel)."""
+    x = (np.asarray(columns, dtype=float) + 0.5) * volume.column_mm
+    y = (np.asarray(rows, dtype=float) + 0.5) * volume.row_mm
+    return x, y
+
+
+def short_axis_mm(volume: _DisplayVolume, section: np.ndarray, long_ends_xy: np.ndarray, short_mm: float) -> np.ndarray:
+    """Endpoints (2, 2) in axes mm of the short axis drawn: perpendicular to the long axis, ``short_mm`` long.
+
+    It crosses the long axis at the section's centroid projected onto it and is centred on the section's
+    extent across the long axis.
+    """
+    along = long_ends_xy[1] - long_ends_xy[0]
+    along = along / max(float(np.linalg.norm(along)), 1e-12)
+    across = np.array([-along[1], along[0]])
+    rows, columns = np.nonzero(section)
+    x, y = pixels_to_mm(volume, rows, columns)
+    points = np.c_[x, y]
+    projected = points @ across
+    centre_along = float(points.mean(axis=0) @ along)
+    centre_across = float(projected.min() + projected.max()) / 2
+    centre = centre_along * along + centre_across * across
+    return np.stack([centre - across * short_mm / 2, centre + across * short_mm / 2])
+
+
+def _letters(ax, letters: tuple[str, str, str, str]) -> None:
+    for text, position, align in zip(
+        letters,
+        ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02)),
+        (("left", "center"), ("right", "center"), ("center", "top"), ("center", "bottom")),
+        strict=True,
+    ):
+        ax.text(
+            *position,
+            text,
+            transform=ax.transAxes,
+            color="white",
+            fontsize=10,
+            fontweight="bold",
+            path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
+            ha=align[0],
+            va=align[1],
+        )
+
+
+def _square_box(x0: float, x1: float, y0: float, y1: float, margin: float) -> tuple[float, float, float, float]:
+    half = max(x1 - x0, y1 - y0) / 2 + margin
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return cx - half, cx + half, cy - half, cy + half
+
+
+def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "lesion") -> Figure:
+    """Axial slice with contour and calipers, and coronal slice, of one lesion of the report.
+
+    Args:
+        volume: the displayed CT with the mask of this lesion alone as ``masks["lesion"]``.
+        lesion: the lesion's entry in the report.
+        name: the mask's key in ``volume.masks``.
+
+    Returns:
+        The figure; its axial axes hold the calipers as lines labelled ``long axis`` and ``short axis``.
+    """
+    mask = volume.masks[name]
+    ends = display_pixels(volume, lesion["longest_axial_diameter_endpoints_lps_mm"])
+    k = int(round(float(ends[:, 2].mean())))
+    figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI)
+    axial, coronal = figure.subplots(1, 2)
+
+    # axial: the slice of the longest diameter, zoomed on the lesion's section
+    volume.draw(axial, k)
+    section = mask[:, :, k]
+    rows, columns = np.nonzero(section if section.any() else mask.any(axis=2))
+    x, y = pixels_to_mm(volume, rows, columns)
+    half_column, half_row = volume.column_mm / 2, volume.row_mm / 2
+    box = _square_box(x.min() - half_column, x.max() + half_column, y.min() - half_row, y.max() + half_row, 15.0)
+    axial.contour(*_grid_mm(volume), section.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
+    long_x, long_y = pixels_to_mm(volume, ends[:, 0], ends[:, 1])
+    axial.add_line(Line2D(long_x, long_y, color=LONG_AXIS_COLOUR, linewidth=2.0, marker="o", label="long axis"))
+    short = short_axis_mm(volume, section, np.c_[long_x, long_y], float(lesion["short_axis_diameter_mm"]))
+    axial.add_line(Line2D(short[:, 0], short[:, 1], color=SHORT_AXIS_COLOUR, linewidth=2.0, label="short axis"))
+    axial.set_xlim(box[0], box[1])
+    axial.set_ylim(box[3], box[2])
+    axial.set_title(
+        f"axial, slice {lesion['longest_axial_diameter_slice_number']} (z = "
+        f"{(volume.affine @ np.array([0.0, 0.0, k, 1.0]))[2]:.1f} mm)\n"
+        f"long axis {lesion['longest_axial_diameter_mm']:.1f} mm, short axis {lesion['short_axis_diameter_mm']:.1f} mm",
+        fontsize=10,
+    )
+    axial.set_xlabel("mm (patient's right → left)", fontsize=8)
+    axial.set_ylabel("mm (anterior → posterior)", fontsize=8)
+    axial.legend(loc="lower right", fontsize=8, framealpha=0.7)
+
+    # coronal: through the lesion's centroid, superior up, for its craniocaudal extent
+    centroid = display_pixels(volume, lesion["centroid_lps_mm"])[0]
+    row = int(np.clip(round(float(centroid[0])), 0, volume.image.shape[0] - 1))
+    if not mask[row].any():  # a curved lesion may miss its own centroid: take its fullest coronal row
+        row = int(np.argmax(mask.sum(axis=(1, 2))))
+    slice_mm = float(np.linalg.norm(volume.affine[:3, 2]))
+    depth = volume.image.shape[2]
+    lo = LUNG_WINDOW_LEVEL - LUNG_WINDOW_WIDTH / 2
+    extent = (0.0, volume.image.shape[1] * volume.column_mm, 0.0, depth * slice_mm)
+    coronal.imshow(
+        volume.image[row].T,
+        cmap="gray",
+        vmin=lo,
+        vmax=lo + LUNG_WINDOW_WIDTH,
+        extent=extent,
+        origin="lower",
+        interpolation="nearest",
+        aspect="equal",
+    )
+    cx = (np.arange(volume.image.shape[1]) + 0.5) * volume.column_mm
+    cz = (np.arange(depth) + 0.5) * slice_mm
+    if mask[row].any():
+        coronal.contour(cx, cz, mask[row].T.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
+    columns, slices = np.nonzero(mask.any(axis=0))
+    zbox = _square_box(
+        columns.min() * volume.column_mm,
+        (columns.max() + 1) * volume.column_mm,
+        slices.min() * slice_mm,
+        (slices.max() + 1) * slice_mm,
+        VIEW_MARGIN_MM,
+    )
+    coronal.axhline((k + 0.5) * slice_mm, color=LONG_AXIS_COLOUR, linestyle="--", linewidth=1.0)
+    coronal.set_xlim(zbox[0], zbox[1])
+    coronal.set_ylim(zbox[2], zbox[3])
+    coronal.set_title(
+        f"coronal through the centroid; craniocaudal extent {lesion['craniocaudal_extent_mm']:.1f} mm\n"
+        f"(slices {lesion['axial_slice_numbers'][0]}-{lesion['axial_slice_numbers'][1]}; dashed: axial slice shown)",
+        fontsize=10,
+    )
+    coronal.set_xlabel("mm (patient's right → left)", fontsize=8)
+    coronal.set_ylabel("mm (inferior → superior)", fontsize=8)
+    for ax in (axial, coronal):
+        ax.tick_params(labelsize=7)
+    _letters(axial, ("R", "L", "A", "P"))
+    _letters(coronal, ("R", "L", "S", "I"))
+    figure.suptitle(
+        f"Lesion {lesion['lesion']} ({lesion['recist_role']}); lung window W1500/L-600, radiological view",
+        fontsize=12,
+    )
+    figure.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.1, wspace=0.25)
+    return figure
+
+
+def _grid_mm(volume: _DisplayVolume) -> tuple[np.ndarray, np.ndarray]:
+    rows, columns = volume.image.shape[:2]
+    return pixels_to_mm(volume, np.arange(rows), np.arange(columns))
+
+
+def _displayed(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``array`` in the voxel order of :class:`_DisplayVolume` (rows anterior -> posterior, columns right -> left)."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(np.asarray(affine, dtype=float)),
+        nib.orientations.axcodes2ornt(DISPLAY_AXCODES),
+    )
+    return nib.orientations.apply_orientation(array, transform)
+
+
+def _png_data_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": marker("predict", "report")})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def pictured_lesions(report: dict[str, Any]) -> list[int]:
+    """The lesions pictured: the RECIST targets, or the largest lesion when there is none (none without lesions)."""
+    targets = list(report["recist"]["target_lesions"])
+    if targets:
+        return targets
+    return [report["lesions"][0]["lesion"]] if report["lesions"] else []
+
+
+# --- the page ---------------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 1.4em; border-bottom: 1px solid #ccc; }
+.disclaimer { background: #fde9d9; border: 2px solid #D55E00; padding: 0.6em 1em; font-weight: bold; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+td.num { text-align: right; }
+figure { margin: 1em 0; }
+figure img { width: 1100px; height: 520px; display: block; }
+figcaption { font-size: 0.85em; color: #444; }
+.note { font-size: 0.85em; color: #555; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _mm(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _point(values: list[float]) -> str:
+    return "(" + ", ".join(f"{c:.1f}" for c in values) + ")"
+
+
+def _contact(finding: dict[str, Any] | None) -> str:
+    if not finding:
+        return "not assessed"
+    if finding.get("contact") is None:
+        return f"not assessed ({finding.get('note') or 'unknown'})"
+    if finding["contact"]:
+        return f"yes, {_mm(finding.get('contact_length_mm'))} mm long"
+    gap = finding.get("gap_mm")
+    return "no" + ("" if gap is None else f" (gap {gap:.1f} mm)")
+
+
+def _lesion_row(lesion: dict[str, Any]) -> str:
+    location = lesion.get("location") or {}
+    contacts = lesion.get("contacts") or {}
+    attenuation = lesion.get("attenuation")
+    kind = "-" if attenuation is None else f"{attenuation['kind']}, {attenuation['hu_mean']:.0f} HU"
+    probability = (
+        "-"
+        if lesion.get("probability_mean") is None
+        else f"{lesion['probability_mean']:.2f} / {lesion['probability_max']:.2f}"
+    )
+    flags = ", ".join(name.replace("_", "-") for name, on in lesion["flags"].items() if on) or "-"
+    where = ", ".join(str(location.get(key, "-")) for key in ("lung", "zone", "depth")) if location else lesion["side"]
+    contact_text = (
+        "<br>".join(
+            f"{label}: {_e(_contact(contacts.get(key)))}"
+            for key, label in (("chest_wall", "chest wall"), ("diaphragm", "diaphragm"), ("mediastinum", "mediastinum"))
+        )
+        if contacts
+        else _e(lesion.get("contact_note") or "not assessed")
+    )
+    first, last = lesion["axial_slice_numbers"]
+    cells = [
+        f"<td class=num>{lesion['lesion']}</td>",
+        f"<td>{_e(lesion['recist_role'])}{'' if lesion['recist_measurable'] else ' (not measurable)'}</td>",
+        f"<td class=num>{lesion['volume_ml']:.2f}</td>",
+        f"<td class=num>{lesion['longest_axial_diameter_mm']:.1f}</td>",
+        f"<td class=num>{lesion['short_axis_diameter_mm']:.1f}</td>",
+        f"<td class=num>{lesion['greatest_3d_diameter_mm']:.1f}</td>",
+        f"<td class=num>{lesion['craniocaudal_extent_mm']:.1f}</td>",
+        f"<td class=num>{lesion['longest_axial_diameter_slice_number']} ({first}-{last})</td>",
+        f"<td>{_e(where)}</td>",
+        f"<td>{contact_text}</td>",
+        f"<td>{_e(kind)}</td>",
+        f"<td>{probability}</td>",
+        f"<td>{_e(flags)}</td>",
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _provenance(provenance: dict[str, Any] | None, source: str | None) -> str:
+    if not provenance:
+        return f"<p class=note>source: {_e(source or 'unknown')}; no provenance recorded.</p>"
+    settings = provenance.get("post_processing", {})
+    rows = [
+        ("package", f"{provenance.get('package', 'lung_tumor')} {provenance.get('package_version', '')}"),
+        ("run", provenance.get("run_dir")),
+        ("checkpoint", provenance.get("checkpoint")),
+        ("threshold", provenance.get("threshold")),
+        ("post-processing", ", ".join(f"{k} {v}" for k, v in settings.items())),
+        ("input", provenance.get("input")),
+        ("input SHA-256", provenance.get("input_sha256")),
+        ("series UID", provenance.get("series_instance_uid") or "-"),
+        ("report date (UTC)", provenance.get("date_utc")),
+    ]
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def report_html(report: dict[str, Any], pictures: dict[int, str], title: str = "") -> str:
+    """The page for ``report`` (a :func:`lung_tumor.report.tumour_report` dict) with lesion pictures (data URIs)."""
+    recist, t = report["recist"], report["t_category"]
+    by_number = {lesion["lesion"]: lesion for lesion in report["lesions"]}
+    spacing = " × ".join(f"{s:.2f}" for s in report["spacing_mm"])
+    t_text = (
+        f"{t['category']} from lesion {t['lesion']}, {t['size_mm']:.1f} mm ({t['size_basis']})"
+        if t["category"] is not None
+        else f"not assessed ({t['note']})"
+    )
+    relations = (report.get("lesion_relations") or {}).get("summary")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta name="generator" content="{_e(marker("predict", "report"))}">',
+        f"<title>Tumour report {_e(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Tumour report {_e(title)}</h1>",
+        f'<p class="disclaimer">{_e(report["disclaimer"])}</p>',
+        "<h2>Summary</h2><table>",
+        f"<tr><th>total tumour volume</th><td>{report['total_volume_ml']:.2f} ml in "
+        f"{report['lesion_count']} lesion(s)</td></tr>",
+        f"<tr><th>RECIST 1.1 target lesions</th><td>{_e(', '.join(map(str, recist['target_lesions'])) or 'none')}; "
+        f"sum of diameters {recist['sum_of_diameters_mm']:.1f} mm</td></tr>",
+        f"<tr><th>non-target lesions</th><td>{_e(', '.join(map(str, recist['non_target_lesions'])) or 'none')}"
+        "</td></tr>",
+        f"<tr><th>measurable from</th><td>{recist['min_measurable_diameter_mm']:.1f} mm "
+        f"(slice thickness {recist['slice_thickness_mm']:.2f} mm)</td></tr>",
+        f"<tr><th>T ({_e(t['label'])})</th><td>{_e(t_text)}<br><span class=note>not assessed: "
+        f"{_e('; '.join(t['not_assessed']))}</span></td></tr>",
+    ]
+    if relations:
+        parts.append(f"<tr><th>lesions</th><td>{_e(relations)}</td></tr>")
+    parts += [
+        f"<tr><th>voxel size</th><td>{spacing} mm (voxel axes {_e(report['orientation'])})</td></tr>",
+        f"<tr><th>source</th><td>{_e(report.get('source', '-'))}</td></tr>",
+        "</table>",
+        "<h2>Lesions</h2>",
+    ]
+    if report["lesions"]:
+        header = (
+            "lesion",
+            "RECIST",
+            "volume (ml)",
+            "long axis (mm)",
+            "short axis (mm)",
+            "3D diameter (mm)",
+            "cranio-caudal (mm)",
+            "slice (range)",
+            "lung, zone, depth",
+            "contacts",
+            "attenuation",
+            "probability mean / max",
+            "flags",
+        )
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
+        parts += [_lesion_row(lesion) for lesion in report["lesions"]]
+        parts.append("</table>")
+        parts.append(
+            "<p class=note>Diameters edge to edge; slice numbers count from the most inferior slice (1); "
+            "coordinates are patient LPS mm, as DICOM viewers show them.</p>"
+        )
+    else:
+        parts.append("<p>No tumour found.</p>")
+    for number, uri in pictures.items():
+        lesion = by_number[number]
+        ends = lesion["longest_axial_diameter_endpoints_lps_mm"]
+        parts += [
+            f"<h2>Lesion {number}</h2><figure>",
+            f'<img src="{uri}" alt="lesion {number}: axial slice with calipers and coronal slice">',
+            f"<figcaption>Long axis (yellow) {lesion['longest_axial_diameter_mm']:.1f} mm from LPS "
+            f"{_point(ends[0])} to {_point(ends[1])} mm on slice {lesion['longest_axial_diameter_slice_number']}; "
+            f"short axis (blue) {lesion['short_axis_diameter_mm']:.1f} mm, perpendicular to it; contour: the "
+            "predicted lesion.</figcaption></figure>",
+        ]
+    parts += [
+        "<h2>Provenance</h2>",
+        _provenance(report.get("provenance"), report.get("source")),
+        f'<p class="disclaimer">{_e(report["disclaimer"])}</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write_report_html(
+    report: dict[str, Any],
+    mask: np.ndarray,
+    image_hu: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Draw the pictured lesions and write the page atomically; returns the path.
+
+    Args:
+        report: the report of ``mask`` (each lesion found again as the component at its ``centroid_voxel``).
+        mask: the tumour mask on the CT's grid.
+        image_hu: the CT in HU.
+        affine: its voxel-to-world (RAS) affine.
+        path: the HTML file to write.
+        title: the case name shown.
+    """
+    pictures: dict[int, str] = {}
+    numbers = pictured_lesions(report)
+    if numbers:
+        labels, _ = label_in_bounding_box(np.asarray(mask) != 0)
+        boxes = ndimage.find_objects(labels)
+        # the report numbers lesions by volume; its centroid (voxel indices) names the component exactly
+        centroids = np.array(
+            [
+                np.argwhere(labels[box] == index).mean(axis=0) + [s.start for s in box]
+                for index, box in enumerate(boxes, 1)
+            ]
+        )
+        volume = _DisplayVolume(image_hu, affine, {})
+        for number in numbers:
+            lesion = next(item for item in report["lesions"] if item["lesion"] == number)
+            index = int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
+            alone = np.zeros(labels.shape, dtype=bool)
+            alone[boxes[index]] = labels[boxes[index]] == index + 1
+            volume.masks["lesion"] = _displayed(alone, affine)
+            pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
+    page = report_html(report, pictures, title)
+    return write_atomic(path, lambda f: f.write(page))
+
+
+__all__ = ["display_pixels", "lesion_figure", "pictured_lesions", "report_html", "write_report_html"]
