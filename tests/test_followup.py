@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lung_tumor.cli import main
-from lung_tumor.followup import followup, overall_response, target_response, volume_doubling_time
+from lung_tumor.followup import compare_reports, followup, overall_response, target_response, volume_doubling_time
 from lung_tumor.io import save_nifti, write_json
 from lung_tumor.outputs import marker
 from lung_tumor.report import tumour_report
@@ -159,6 +159,36 @@ def test_overall_response() -> None:
     assert overall_response("CR", new_lesion=False, lesions_left=True) == "PR"
     assert overall_response("CR", new_lesion=False, lesions_left=False) == "CR"
     assert overall_response(None, new_lesion=False, lesions_left=True) == "NE"
+
+
+def lesion(number: int, centre: list[float], diameter: float, volume: float, small: bool = False) -> dict:
+    return {
+        "lesion": number,
+        "centroid_world_mm": centre,
+        "longest_axial_diameter_mm": diameter,
+        "volume_ml": volume,
+        "flags": {"small": small},
+    }
+
+
+def test_small_new_lesion_is_listed_but_not_progression() -> None:
+    baseline = {"lesions": [lesion(1, [0.0, 0.0, 0.0], 20.0, 2.0)], "recist": {"target_lesions": [1]}}
+    followup_report = {
+        "lesions": [lesion(1, [3.0, 0.0, 0.0], 20.0, 2.0), lesion(2, [60.0, 0.0, 0.0], 3.0, 0.01, small=True)],
+        "recist": {"target_lesions": [1]},
+    }
+    identity = (np.eye(3), np.zeros(3))
+    result = compare_reports(baseline, followup_report, identity, days=None)
+    assert result["new_lesions"] == [2] and result["new_lesions_unequivocal"] == []
+    assert result["recist"]["overall_response"] == "SD"
+    followup_report["lesions"][1]["flags"]["small"] = False
+    assert compare_reports(baseline, followup_report, identity, days=None)["recist"]["overall_response"] == "PD"
+    # beyond the match distance (15 mm, or half the larger diameter) the baseline lesion vanished: CR of targets,
+    # but a lesion remains
+    far = {"lesions": [lesion(1, [16.0, 0.0, 0.0], 20.0, 2.0, small=True)], "recist": {"target_lesions": [1]}}
+    result = compare_reports(baseline, far, identity, days=None)
+    assert result["vanished_lesions"] == [1] and result["recist"]["target_response"] == "CR"
+    assert result["recist"]["overall_response"] == "PR"
 
 
 def test_volume_doubling_time() -> None:
