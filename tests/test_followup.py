@@ -210,6 +210,11 @@ def test_bad_inputs_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     args = ["followup", "--baseline", str(mask_a), "--followup", str(mask_a), "--output", str(out)]
     assert main([*args, "--baseline-date", "2025-13-01", "--followup-date", "2025-01-01"]) == 1
     assert "not a date" in capsys.readouterr().err
+    assert main([*args, "--baseline-image", str(mask_a)]) == 1
+    assert "give both --baseline-image and --followup-image" in capsys.readouterr().err
+    (mask_a.parent / "other_report.json").write_text("{}")
+    assert main(["followup", "--baseline", str(mask_a.parent), "--followup", str(mask_a), "--output", str(out)]) == 1
+    assert "2 prediction reports" in capsys.readouterr().err
     # an output may never replace an input
     assert main(["followup", "--baseline", str(mask_a), "--followup", str(mask_a), "--output", str(mask_a)]) == 1
     assert "folder is needed" in capsys.readouterr().err
