@@ -121,6 +121,22 @@ def _visualize(args: argparse.Namespace) -> None:
     )
 
 
+def _followup(args: argparse.Namespace) -> None:
+    from lung_tumor.followup import followup
+
+    followup(
+        args.baseline,
+        args.followup,
+        args.output,
+        baseline_image=args.baseline_image,
+        followup_image=args.followup_image,
+        baseline_date=args.baseline_date,
+        followup_date=args.followup_date,
+        match_mm=args.match_mm,
+        overwrite=args.overwrite,
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lung_tumor.demo import run_demo
 
@@ -220,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_visualize)
+
+    p = commands.add_parser(
+        "followup", help="compare two predictions of one patient: matched lesions, RECIST response, doubling time"
+    )
+    p.add_argument("--baseline", required=True, type=Path, help="baseline mask (its _report.json beside it) or folder")
+    p.add_argument("--followup", required=True, type=Path, help="follow-up mask or prediction folder")
+    p.add_argument(
+        "--baseline-image", type=Path, default=None, help="baseline CT: with --followup-image, aligns the scans"
+    )
+    p.add_argument("--followup-image", type=Path, default=None, help="follow-up CT")
+    p.add_argument("--baseline-date", default=None, metavar="YYYY-MM-DD", help="baseline scan date")
+    p.add_argument("--followup-date", default=None, metavar="YYYY-MM-DD", help="follow-up scan date")
+    p.add_argument("--match-mm", type=float, default=15.0, help="largest centroid distance of a lesion match")
+    p.add_argument("--output", required=True, type=Path, help="folder for followup.json and followup.txt")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_followup)
 
     p = commands.add_parser("demo", help="the whole job on synthetic data: synth, preprocess, train, evaluate, predict")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
