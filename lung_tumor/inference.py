@@ -202,6 +202,7 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu" and torch.get_num_threads() != available_cores():
             torch.set_num_threads(available_cores())  # torch counts the machine's cores, not the ones lent to us
+        start = time.perf_counter()
         network, config = load_trained_model(run_dir, checkpoint, self.device)
         # channels-last is the layout oneDNN's convolutions work in: no conversion before and after each layer
         self.network = network.to(memory_format=torch.channels_last)
@@ -217,7 +218,13 @@ class Predictor:
         self.min_lesion_mm3 = min_lesion_mm3
         self.lung_mask = lung_mask
         self.run_dir = Path(run_dir)
-        log.debug("predict on %s, %s, %d threads", self.device, precision, torch.get_num_threads())
+        log.debug(
+            "model loaded in %.2f s; predict on %s, %s, %d threads",
+            time.perf_counter() - start,
+            self.device,
+            precision,
+            torch.get_num_threads(),
+        )
 
     def _network(self, slices: torch.Tensor) -> torch.Tensor:
         return self.network(slices.contiguous(memory_format=torch.channels_last))
