@@ -274,6 +274,7 @@ class Predictor:
         inferred = time.perf_counter()
         restored = transforms.inverse({"image": probability})["image"]
         probability_map = np.asarray(restored[0].numpy(), dtype=np.float32)
+        log.debug("%s: inference %.2f s, restore %.2f s", path.name, inferred - start, time.perf_counter() - inferred)
         if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
             raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
@@ -281,9 +282,6 @@ class Predictor:
         mask = remove_small_lesions(mask, spacing, self.min_lesion_mm3)
         if self.lung_mask:
             mask = keep_near_lungs(mask, image_hu, affine)
-        log.debug(
-            "%s: inference %.2f s, restore and mask %.2f s", path.name, inferred - start, time.perf_counter() - inferred
-        )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path)  # type: ignore[arg-type]
 
 

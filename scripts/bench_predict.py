@@ -39,7 +39,7 @@ from bench_preprocess import SHAPE, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TIMER = "/usr/bin/time"
-STEPS = ("model loaded", "read", "preprocess", "inference", "restore and mask", "write", "report")
+STEPS = ("model loaded", "read", "preprocess", "inference", "restore", "write", "report")
 
 
 def plain_monai(run: Path, image: Path, output: Path) -> None:
@@ -279,17 +279,19 @@ def main() -> None:
         folder.mkdir()
         for index in range(args.folder_scans):  # the same scan under N names: N reads, N segmentations
             os.link(scan, folder / f"lung_{index:03d}.nii.gz")
-        one_command, _, _ = timed([*predict, "--input", str(folder), "--output", str(out / "folder")], env)
+        one_command, folder_peak, _ = timed([*predict, "--input", str(folder), "--output", str(out / "folder")], env)
         separate = sum(
             timed([*predict, "--input", str(path), "--output", str(out / "separate")], env)[0]
             for path in sorted(folder.iterdir())
         )
         n = args.folder_scans
         print(f"\n{n} scans (mask and report); load average {load_average()}")
-        print("| how | wall s | scans per minute |")
-        print("|---|---|---|")
-        print(f"| one command, `--input folder/` | {one_command:.1f} | {60 * n / one_command:.1f} |")
-        print(f"| {n} separate commands | {separate:.1f} | {60 * n / separate:.1f} |")
+        print("| how | wall s | scans per minute | peak MB |")
+        print("|---|---|---|---|")
+        print(
+            f"| one command, `--input folder/` | {one_command:.1f} | {60 * n / one_command:.1f} | {folder_peak:.0f} |"
+        )
+        print(f"| {n} separate commands | {separate:.1f} | {60 * n / separate:.1f} | |")
         print(f"one command / separate commands: {separate / one_command:.2f}x the scans per minute")
 
 
