@@ -83,6 +83,7 @@ def _predict(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         fail_fast=args.fail_fast,
         on_error=_print_error,
+        precision=args.precision,
     )
 
 
@@ -214,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="skip the one-page HTML report (CASE_report.html)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--fail-fast", action="store_true", help="stop at the first scan that fails (default: go on)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="auto: bfloat16 if the run trained with training.amp and this CPU computes it natively, else float32",
+    )
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")

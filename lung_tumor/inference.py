@@ -10,10 +10,14 @@ transforms (padding, in-plane resampling, orientation), so the mask has the inpu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,12 +32,25 @@ from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.provenance import prediction_provenance
 from lung_tumor.report import label_in_bounding_box, tumour_report, write_report
 from lung_tumor.thorax import ThoraxMasks, thorax_masks
-from lung_tumor.training.run import SliceStackInferer, checkpoint_file, context_slices, load_trained_model
+from lung_tumor.training.run import (
+    AutocastInferer,
+    SliceStackInferer,
+    checkpoint_file,
+    context_slices,
+    cpu_bf16_supported,
+    load_trained_model,
+)
 from lung_tumor.transforms.pipeline import apply_transforms, load_volume, preprocess_transforms
 
 log = logging.getLogger(__name__)
 
 LUNG_MARGIN_MM = 10.0  # how far outside the HU lung mask a lesion may lie and still be kept
+PRECISIONS = ("auto", "float32", "bfloat16")
+# pixels sent to the network at once: 56 slices of 96x96, 8 of 256x256; a fixed 32 slices would hold 32 full-size
+# activation stacks at 256x256 (GBs), and batches much larger than this did not run faster on a CPU
+PIXELS_PER_BATCH = 2**19
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -59,6 +76,58 @@ class Prediction:
     source: Path
     thorax: ThoraxMasks | None = None
     provenance: dict[str, Any] | None = None
+
+
+@dataclass
+class PreparedVolume:
+    """A volume read and preprocessed for the network (:meth:`Predictor.prepare`), not yet segmented.
+
+    Attributes:
+        source: the file or DICOM folder read.
+        image: the input as loaded (channel first, its own grid, HU).
+        volume: the preprocessed (1, X, Y, Z) volume, carrying the transforms applied to it.
+        transforms: the preprocessing chain, inverted to map the probabilities back to the input grid.
+    """
+
+    source: Path
+    image: Any
+    volume: Any
+    transforms: Any
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as a container or ``taskset`` sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def slices_per_batch_for(height: int, width: int) -> int:
+    """Slices of ``height`` x ``width`` pixels sent to the network at once: about :data:`PIXELS_PER_BATCH` pixels."""
+    return max(1, min(128, PIXELS_PER_BATCH // max(1, height * width)))
+
+
+def prefetched(items: Sequence[T], load: Callable[[T], R]) -> Iterator[tuple[T, Future[R]]]:
+    """Yield each item with the future of ``load(item)``, loading the next item in a background thread meanwhile.
+
+    One item ahead at most: when item ``i`` is yielded, ``load`` runs on item ``i + 1`` while the caller works on
+    item ``i``, and item ``i + 2`` is not started before the caller asks for item ``i + 1``. The futures come in the
+    order of ``items``; an error raised by ``load`` is raised by the future's ``result()``. Closing the iterator
+    early (the caller stops at a failure) cancels what has not started and waits for what has.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-tumor-read") as pool:
+        ahead = pool.submit(load, items[0])
+        try:
+            for index, item in enumerate(items):
+                current = ahead
+                if index + 1 < len(items):
+                    ahead = pool.submit(load, items[index + 1])
+                yield item, current
+        finally:
+            ahead.cancel()
 
 
 def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
@@ -109,8 +178,12 @@ class Predictor:
         threshold: probability above which a voxel is tumour.
         min_lesion_mm3: remove predicted lesions smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs.
-        slices_per_batch: axial slices sent to the network at once.
+        slices_per_batch: axial slices sent to the network at once (default: from the slice size,
+            :func:`slices_per_batch_for`).
         device: torch device (default: CUDA when available).
+        precision: ``float32``; ``bfloat16`` (autocast, on a CPU); or ``auto``: bfloat16 where the run was
+            trained with ``training.amp`` (so its best checkpoint was chosen with bfloat16 inference) and the CPU
+            computes it natively (:func:`~lung_tumor.training.run.cpu_bf16_supported`), float32 elsewhere.
 
     Raises:
         LungTumorError: the run folder, its config or its checkpoint is missing or unreadable.
@@ -129,48 +202,93 @@ class Predictor:
         threshold: float = 0.5,
         min_lesion_mm3: float = 0.0,
         lung_mask: bool = False,
-        slices_per_batch: int = 32,
+        slices_per_batch: int | None = None,
         device: str | torch.device | None = None,
+        precision: str = "auto",
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise LungTumorError(f"threshold must be in (0, 1), got {threshold}")
         if min_lesion_mm3 < 0:
             raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {min_lesion_mm3}")
+        if precision not in PRECISIONS:
+            raise LungTumorError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network, config = load_trained_model(run_dir, checkpoint, self.device)
+        if self.device.type == "cpu" and torch.get_num_threads() != available_cores():
+            torch.set_num_threads(available_cores())  # torch counts the machine's cores, not the ones lent to us
+        start = time.perf_counter()
+        network, config = load_trained_model(run_dir, checkpoint, self.device)
+        # channels-last is the layout oneDNN's convolutions work in: no conversion before and after each layer
+        self.network = network.to(memory_format=torch.channels_last)
         self.preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
-        self.inferer = SliceStackInferer(context_slices(config), slices_per_batch)
+        self.slices_per_batch = slices_per_batch
+        self.inferer = SliceStackInferer(context_slices(config), slices_per_batch or 32)
+        if precision == "auto":
+            trained_amp = bool((config.get("training") or {}).get("amp", False))
+            native = self.device.type == "cpu" and cpu_bf16_supported()
+            precision = "bfloat16" if trained_amp and native else "float32"
+        self.precision = precision
         self.threshold = threshold
         self.min_lesion_mm3 = min_lesion_mm3
         self.lung_mask = lung_mask
         self.run_dir = Path(run_dir)
         self.checkpoint_path = checkpoint_file(run_dir, checkpoint, config)
+        log.debug(
+            "model loaded in %.2f s; predict on %s, %s, %d threads",
+            time.perf_counter() - start,
+            self.device,
+            precision,
+            torch.get_num_threads(),
+        )
 
-    @torch.no_grad()
+    def _network(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.network(slices.contiguous(memory_format=torch.channels_last))
+
     def probabilities(self, volume: torch.Tensor) -> torch.Tensor:
         """Tumour probabilities of a preprocessed (1, X, Y, Z) volume, same shape."""
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
         # slices as the slice cache stores them for training: (Z, Y, X)
         stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
-        logits = self.inferer(stack, self.network)  # (1, 1, Z, Y, X)
-        return torch.sigmoid(logits[0]).permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
+        self.inferer.slices_per_batch = self.slices_per_batch or slices_per_batch_for(*stack.shape[-2:])
+        inferer = self.inferer
+        if self.precision == "bfloat16":
+            inferer = AutocastInferer(self.device.type, torch.bfloat16, inner=inferer)
+        with torch.inference_mode():
+            logits = inferer(stack, self._network)  # (1, 1, Z, Y, X)
+            probability = torch.sigmoid(logits[0]).permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
+        return probability.clone()  # a normal tensor: the inverse transforms may work on it in place
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Segment one NIfTI file or DICOM series folder.
+    def prepare(self, path: str | Path) -> PreparedVolume:
+        """Read one NIfTI file or DICOM series folder and preprocess it as the run was trained.
 
         Raises:
             LungTumorError: the input is missing, unreadable, or not a 3D volume.
         """
         path = Path(path)
+        start = time.perf_counter()
         image = load_volume(path, "image")
-        image_hu = image[0].numpy()
-        affine = image.affine.numpy()
+        read = time.perf_counter()
         transforms = preprocess_transforms(self.preprocess, keys=("image",), crop=False)
         volume = apply_transforms(transforms, {"image": image})["image"]
+        log.debug("%s: read %.2f s, preprocess %.2f s", path.name, read - start, time.perf_counter() - read)
+        return PreparedVolume(path, image, volume, transforms)
+
+    def predict_file(self, path: str | Path | PreparedVolume) -> Prediction:
+        """Segment one NIfTI file or DICOM series folder (or a volume :meth:`prepare` has read).
+
+        Raises:
+            LungTumorError: the input is missing, unreadable, or not a 3D volume.
+        """
+        prepared = path if isinstance(path, PreparedVolume) else self.prepare(path)
+        path, image, volume, transforms = prepared.source, prepared.image, prepared.volume, prepared.transforms
+        image_hu = image[0].numpy()
+        affine = image.affine.numpy()
+        start = time.perf_counter()
         probability = volume.clone()
         probability.set_array(self.probabilities(volume))
+        inferred = time.perf_counter()
         restored = transforms.inverse({"image": probability})["image"]
         probability_map = np.asarray(restored[0].numpy(), dtype=np.float32)
+        log.debug("%s: inference %.2f s, restore %.2f s", path.name, inferred - start, time.perf_counter() - inferred)
         if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
             raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
@@ -187,6 +305,7 @@ class Predictor:
             self.threshold,
             self.min_lesion_mm3,
             self.lung_mask,
+            precision=self.precision,
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 
@@ -280,12 +399,14 @@ def predict(
     fail_fast: bool = False,
     on_error: Callable[[LungTumorError], None] | None = None,
     html: bool = True,
+    precision: str = "auto",
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
-    Every output path is checked before the model is loaded (:func:`plan_outputs`). With several inputs a
-    scan that cannot be read or segmented is reported through ``on_error`` and the others go on; the
-    call then raises one error that counts the failures.
+    Every output path is checked before the model is loaded (:func:`plan_outputs`). The model is loaded once
+    for all inputs, and the next scan is read and preprocessed in a background thread while the current one is
+    segmented (:func:`prefetched`). With several inputs a scan that cannot be read or segmented is reported
+    through ``on_error`` and the others go on; the call then raises one error that counts the failures.
 
     Args:
         run: the training run folder.
@@ -300,6 +421,7 @@ def predict(
         fail_fast: stop at the first scan that fails (its error is raised).
         on_error: called with each failing scan's error (default: log it).
         html: with the report, also write the one-page ``CASE_report.html`` (:mod:`lung_tumor.report_html`).
+        precision: ``auto``, ``float32`` or ``bfloat16`` (see :class:`Predictor`).
 
     Returns:
         For each input segmented, the paths written.
@@ -312,21 +434,27 @@ def predict(
     planned = plan_outputs(
         sources, None if output is None else Path(output), Path(run), save_probabilities, report, overwrite, html
     )
-    predictor = Predictor(run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask)
+    predictor = Predictor(
+        run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask, precision=precision
+    )
+    paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []
-    for source, paths in tqdm(
-        list(zip(sources, planned, strict=True)), desc="predict", unit="volume", disable=len(sources) < 2
-    ):
-        try:
-            result = predictor.predict_file(source)
-        except LungTumorError as err:
-            if fail_fast or len(sources) == 1:
-                raise
-            (on_error or _log_error)(err)
-            failed.append(source)
-            continue
-        write_prediction(result, paths)
-        written.append(paths)
+    # closing: a failure that stops the batch also stops the read of the next scan
+    with closing(prefetched(sources, predictor.prepare)) as volumes:
+        for source, prepared in tqdm(
+            volumes, total=len(sources), desc="predict", unit="volume", disable=len(sources) < 2
+        ):
+            paths = paths_of[source]
+            try:
+                result = predictor.predict_file(prepared.result())
+            except LungTumorError as err:
+                if fail_fast or len(sources) == 1:
+                    raise
+                (on_error or _log_error)(err)
+                failed.append(source)
+                continue
+            write_prediction(result, paths)
+            written.append(paths)
     if failed:
         raise LungTumorError(
             f"{len(failed)} of {len(sources)} scans failed, {len(written)} segmented; each failure is reported above",
@@ -343,11 +471,14 @@ def _log_error(err: LungTumorError) -> None:
 
 def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
     """Write the mask, and the probability map and report when ``paths`` names them, each marked as ours."""
+    start = time.perf_counter()
     save_nifti(result.mask, result.affine, paths["mask"], description=marker("predict", "mask"))
     if "probability" in paths:
         save_nifti(
             result.probability, result.affine, paths["probability"], description=marker("predict", "probability")
         )
+    written = time.perf_counter()
+    log.debug("%s: write %.2f s", result.source.name, written - start)
     if "report_json" in paths:
         spread = {
             "generator": marker("predict"),
@@ -363,6 +494,7 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
 
             case = paths["report_html"].name.removesuffix("_report.html")
             write_report_html(spread, result.mask, result.image_hu, result.affine, paths["report_html"], case)
+        log.debug("%s: report %.2f s", result.source.name, time.perf_counter() - written)
         log.info(
             "%s: %d lesion(s), %.2f ml -> %s",
             result.source.name,
@@ -372,4 +504,4 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
         )
 
 
-__all__ = ["Prediction", "Predictor", "predict"]
+__all__ = ["PreparedVolume", "Prediction", "Predictor", "predict", "prefetched"]

@@ -57,6 +57,7 @@ def prediction_provenance(
     min_lesion_mm3: float,
     lung_mask: bool,
     series_instance_uid: str | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -68,6 +69,7 @@ def prediction_provenance(
         min_lesion_mm3: the small-lesion removal setting.
         lung_mask: whether lesions far from the lungs were removed.
         series_instance_uid: the DICOM SeriesInstanceUID (read from the folder's first file when not given).
+        precision: the network's arithmetic: ``float32``, or ``bfloat16`` autocast.
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
@@ -77,6 +79,7 @@ def prediction_provenance(
         "run_dir": str(Path(run_dir).resolve()),
         "checkpoint": str(Path(checkpoint).resolve()),
         "threshold": float(threshold),
+        "precision": precision,
         "post_processing": {"min_lesion_mm3": float(min_lesion_mm3), "lung_mask": bool(lung_mask)},
         "input": str(source),
         "input_sha256": input_sha256(source),
