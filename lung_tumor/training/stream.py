@@ -45,7 +45,8 @@ def stream_case_arrays(number: int, cfg: StreamConfig, preprocess: PreprocessCon
     """Stream case ``number`` made and preprocessed like a cached case: float16 image and uint8 label, (Z, H, W).
 
     The preprocessing is the cache's chain (:func:`lung_tumor.transforms.pipeline.preprocess_transforms`, then
-    :func:`lung_tumor.preprocess.slice_major`), on the volume in memory instead of NIfTI files.
+    :func:`lung_tumor.preprocess.slice_major`), on the volume in memory instead of NIfTI files; a case with no
+    more slices than ``preprocess.crop_from_slice`` (a thin slab) keeps them all, whatever ``thin_volume`` says.
     """
     index = STREAM_CASE_OFFSET + int(number)
     acquisition = draw_case_acquisition(index, cfg.seed, cfg.size, cfg.acquisition)
@@ -59,7 +60,10 @@ def stream_case_arrays(number: int, cfg: StreamConfig, preprocess: PreprocessCon
         "image": MetaTensor(torch.from_numpy(hu)[None], affine=affine),
         "label": MetaTensor(torch.from_numpy(np.ascontiguousarray(case.label, dtype=np.uint8))[None], affine=affine),
     }
-    out = apply_transforms(preprocess_transforms(preprocess, keys=("image", "label"), crop=True), data)
+    # a thin slab (varied acquisition) keeps all its slices, without the cache's thin-volume warning or error
+    slice_axis = int(np.argmax(np.abs(case.affine[2, :3])))
+    crop = case.image.shape[slice_axis] > preprocess.crop_from_slice
+    out = apply_transforms(preprocess_transforms(preprocess, keys=("image", "label"), crop=crop), data)
     return slice_major(out["image"], torch.float16), slice_major(out["label"], torch.uint8)
 
 
