@@ -145,15 +145,16 @@ def test_bad_stream_values_are_refused_in_one_line(setting, message, capsys):
 
 
 def test_stream_training_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, cache_dir):
-    stream = {"stream": {"enabled": True, "slices_per_case": 8}}
+    # one epoch of 4 steps, stopped after 2: the resumed run draws the rest of the epoch (streamed cases included)
+    stream = {"stream": {"enabled": True, "slices_per_case": 8}, "training.epochs": 1}
     overrides = tiny_overrides(tmp_path, cache_dir, run_name="resumed", **stream)
-    first = train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=[*overrides, "training.max_iterations=6"])
-    assert first["iterations"] == 6 and first["stream"]["draws_per_epoch_and_rank"] == 16
+    first = train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=[*overrides, "training.max_iterations=2"])
+    assert first["iterations"] == 2 and first["stream"]["draws_per_epoch_and_rank"] == 16
     resumed = train_from_config(CONFIGS / "demo.yaml", fold=1, resume=True, overrides=overrides)
-    assert resumed["iterations"] == 8
+    assert resumed["iterations"] == 4
     state = torch.load(tmp_path / "runs" / "resumed" / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
 
-    straight = tiny_overrides(tmp_path, cache_dir, run_name="straight", **stream, **{"training.num_workers": 2})
+    straight = tiny_overrides(tmp_path, cache_dir, run_name="straight", **stream)
     train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=straight)
     uninterrupted = torch.load(tmp_path / "runs" / "straight" / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in uninterrupted["network"].items():
