@@ -159,3 +159,14 @@ def test_stream_training_stopped_and_resumed_ends_with_the_weights_of_an_uninter
     uninterrupted = torch.load(tmp_path / "runs" / "straight" / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in uninterrupted["network"].items():
         torch.testing.assert_close(state["network"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_two_process_training_with_the_stream(tmp_path, cache_dir):
+    stream = {"stream": {"enabled": True, "slices_per_case": 4}, "training.epochs": 1}
+    overrides = tiny_overrides(tmp_path, cache_dir, **stream)
+    metadata = train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=overrides, nproc_per_node=2, backend="gloo")
+    # 16 draws over 2 ranks of batch 4: 8 per rank, half of them streamed, one case per rank
+    assert metadata["world_size"] == 2 and metadata["status"] == "finished" and metadata["iterations"] == 2
+    assert metadata["stream"]["draws_per_epoch_and_rank"] == 8
+    assert np.isfinite(metadata["best_metric"])
