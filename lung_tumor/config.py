@@ -142,6 +142,7 @@ CONFIG_SECTIONS: dict[str, tuple[type, ...]] = {
     "augmentation": (dict,),
     "training": (dict,),
     "early_stopping": (dict,),
+    "stream": (dict,),
     "_meta_": (dict,),
 }
 DATA_KEYS = ("root", "cache_dir")
@@ -245,6 +246,8 @@ def validate_config(parser: ConfigParser, path: str | Path | None = None) -> Non
             PreprocessConfig.from_dict(_parsed_section(parser, "preprocess"))
         if isinstance(content.get("training"), dict):
             TrainingConfig.from_dict(_parsed_section(parser, "training"))
+        if isinstance(content.get("stream"), dict):
+            StreamConfig.from_dict(_parsed_section(parser, "stream"))
     except LungTumorError as err:
         if err.path is None and path is not None:
             raise LungTumorError(str(err), path) from None
@@ -384,4 +387,63 @@ class TrainingConfig:
         """Build from a config section, refusing unknown keys so that typos do not pass silently."""
         section = dict(section or {})
         _check_keys(section, "training", tuple(f.name for f in fields(cls)))
+        return cls(**section)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The ``stream`` section: training draws from fresh synthetic cases besides the slice cache.
+
+    See :mod:`lung_tumor.training.stream` for how the cases, slices and seeds are drawn.
+
+    Args:
+        enabled: draw from the stream at all.
+        fraction: share of each epoch's draws (spread evenly, so of each batch's too) taken from the stream;
+            the rest come from the slice cache. ``1.0`` trains on the stream alone.
+        size: synthetic case size (``lung_tumor.data.synth.SIZES``; ``small`` keeps the generator fast).
+        variety: the engine's anatomy and findings (``lung_tumor.data.variety.VARIETIES``).
+        acquisition: scanner and protocol preset (``lung_tumor.data.synth.ACQUISITIONS``).
+        slices_per_case: consecutive stream draws that share one synthetic case (each a slice of it).
+        seed: the stream's dataset seed; its case numbers start at 1,000,000, beyond any ``lung-tumor synth``
+            dataset's, so a stream case is never a case of a fixed dataset even with the same seed.
+        tumour_fraction: share of a tumour case's draws that show tumour; ``null``: the sampler's
+            ``tumour_fraction``, else 0.5.
+    """
+
+    enabled: bool = False
+    fraction: float = 0.5
+    size: str = "small"
+    variety: str = "varied"
+    acquisition: str = "varied"
+    slices_per_case: int = 8
+    seed: int = 1000
+    tumour_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        from lung_tumor.data.synth import ACQUISITIONS, SIZES
+        from lung_tumor.data.variety import VARIETIES
+
+        if not isinstance(self.enabled, bool):
+            raise LungTumorError(f"stream.enabled must be true or false, got {self.enabled!r}")
+        number = isinstance(self.fraction, int | float) and not isinstance(self.fraction, bool)
+        if not number or not 0 < self.fraction <= 1:
+            raise LungTumorError(f"stream.fraction must be a number in (0, 1], got {self.fraction!r}")
+        for name, known in (("size", SIZES), ("variety", VARIETIES), ("acquisition", ACQUISITIONS)):
+            if getattr(self, name) not in known:
+                raise LungTumorError(f"stream.{name} must be one of {list(known)}, got {getattr(self, name)!r}")
+        for name, low in (("slices_per_case", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise LungTumorError(f"stream.{name} must be an integer >= {low}, got {value!r}")
+        tumour = self.tumour_fraction
+        if tumour is not None and (
+            isinstance(tumour, bool) or not isinstance(tumour, int | float) or not 0 <= tumour <= 1
+        ):
+            raise LungTumorError(f"stream.tumour_fraction must be a number in [0, 1] or null, got {tumour!r}")
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any] | None) -> StreamConfig:
+        """Build from a config section, refusing unknown keys so that typos do not pass silently."""
+        section = dict(section or {})
+        _check_keys(section, "stream", tuple(f.name for f in fields(cls)))
         return cls(**section)

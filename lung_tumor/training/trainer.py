@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -47,7 +48,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import lung_tumor
 from lung_tumor.cache import SliceCache, SliceDataset
-from lung_tumor.config import TrainingConfig, load_config, validate_config
+from lung_tumor.config import StreamConfig, TrainingConfig, load_config, validate_config
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
@@ -71,6 +72,7 @@ from lung_tumor.training.run import (
     save_config,
     saved_config_hash,
 )
+from lung_tumor.training.stream import MixedDraws, MixedSliceDataset, SyntheticSliceStream, split_draws
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ def train_from_config(
     sampler = _sampler_section(parser)
     tumour_weights([True, False], sampler.get("tumour_weight"), sampler.get("tumour_fraction"))
     build_loss(parser.get("loss"))
+    StreamConfig.from_dict(parser.get_parsed_content("stream", default=None))
     optimizer = build_optimizer(parser, network.parameters())
     scheduler = build_scheduler(parser, optimizer)
     distributed = (nproc_per_node or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -353,9 +356,37 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
     )
     samples_per_epoch = settings.samples_per_epoch or len(train_ds)
-    sampler = SeededDraws(
-        build_sampler(train_ds, weights, samples_per_epoch, world_size=world_size, rank=rank), seed=seed, rank=rank
-    )
+    stream = StreamConfig.from_dict(parser.get_parsed_content("stream", default=None))
+    if stream.enabled:
+        # the cache keeps its share of each rank's draws; the stream gives the rest (lung_tumor.training.stream)
+        per_rank = math.ceil(samples_per_epoch / world_size) if world_size > 1 else samples_per_epoch
+        cached_draws, streamed = split_draws(per_rank, stream.fraction)
+        cached = None
+        if cached_draws:
+            cached = SeededDraws(
+                build_sampler(train_ds, weights, cached_draws * world_size, world_size=world_size, rank=rank),
+                seed=seed,
+                rank=rank,
+            )
+        tumour_fraction = stream.tumour_fraction
+        if tumour_fraction is None:
+            tumour_fraction = sampler_cfg.get("tumour_fraction") or 0.5
+        synthetic = SyntheticSliceStream(stream, cache.preprocess, context, augmentation, tumour_fraction)
+        sampler = MixedDraws(cached, streamed, len(train_ds), stream, seed, rank=rank, world_size=world_size)
+        train_ds = MixedSliceDataset(train_ds, synthetic)
+        log.info(
+            "stream: %d of %d draws per epoch and rank from fresh synthetic cases (%d cases, seed %d)",
+            streamed,
+            per_rank,
+            sampler.cases_per_epoch,
+            stream.seed,
+        )
+    else:
+        sampler = SeededDraws(
+            build_sampler(train_ds, weights, samples_per_epoch, world_size=world_size, rank=rank),
+            seed=seed,
+            rank=rank,
+        )
     cuda = device.type == "cuda"
     train_loader = DataLoader(
         train_ds,
@@ -503,6 +534,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "tumour_slices": int(train_ds.tumour_flags.sum()),
         "expected_tumour_fraction": float(weights[train_ds.tumour_flags].sum() / weights.sum()),
         "samples_per_epoch": samples_per_epoch,
+        "stream": ({**stream.__dict__, "draws_per_epoch_and_rank": len(sampler)} if stream.enabled else None),
         "parameters": num_parameters,
         "network": parser.get("network_def", {}).get("_target_"),
         "world_size": world_size,
