@@ -31,7 +31,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
@@ -46,6 +45,7 @@ from lung_tumor.visualize import (
     LUNG_WINDOW_WIDTH,
     PREDICTION_COLOUR,
     _DisplayVolume,
+    orientation_letters,
 )
 
 log = logging.getLogger(__name__)
@@ -96,26 +96,6 @@ def short_axis_mm(volume: _DisplayVolume, section: np.ndarray, long_ends_xy: np.
     centre_across = float(projected.min() + projected.max()) / 2
     centre = centre_along * along + centre_across * across
     return np.stack([centre - across * short_mm / 2, centre + across * short_mm / 2])
-
-
-def _letters(ax, letters: tuple[str, str, str, str]) -> None:
-    for text, position, align in zip(
-        letters,
-        ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02)),
-        (("left", "center"), ("right", "center"), ("center", "top"), ("center", "bottom")),
-        strict=True,
-    ):
-        ax.text(
-            *position,
-            text,
-            transform=ax.transAxes,
-            color="white",
-            fontsize=10,
-            fontweight="bold",
-            path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
-            ha=align[0],
-            va=align[1],
-        )
 
 
 def _square_box(x0: float, x1: float, y0: float, y1: float, margin: float) -> tuple[float, float, float, float]:
@@ -208,8 +188,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     coronal.set_ylabel("mm (inferior → superior)", fontsize=8)
     for ax in (axial, coronal):
         ax.tick_params(labelsize=7)
-    _letters(axial, ("R", "L", "A", "P"))
-    _letters(coronal, ("R", "L", "S", "I"))
+    orientation_letters(axial, ("R", "L", "A", "P"), fontsize=10)
+    orientation_letters(coronal, ("R", "L", "S", "I"), fontsize=10)
     figure.suptitle(
         f"Lesion {lesion['lesion']} ({lesion['recist_role']}); lung window W1500/L-600, radiological view",
         fontsize=12,

@@ -112,23 +112,7 @@ class _DisplayVolume:
         ax.set_ylim(y1, y0)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
-        for text, position, align in (
-            ("R", (0.02, 0.5), ("left", "center")),
-            ("L", (0.98, 0.5), ("right", "center")),
-            ("A", (0.5, 0.98), ("center", "top")),
-            ("P", (0.5, 0.02), ("center", "bottom")),
-        ):
-            ax.text(
-                *position,
-                text,
-                transform=ax.transAxes,
-                color="white",
-                fontsize=9,
-                fontweight="bold",
-                path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
-                ha=align[0],
-                va=align[1],
-            )
+        orientation_letters(ax, ("R", "L", "A", "P"))
 
     def tumour_box_mm(self, margin_mm: float = MONTAGE_MARGIN_MM) -> tuple[float, float, float, float]:
         """In-plane bounding box of the tumour (all slices) plus a margin, made square, in mm."""
@@ -138,6 +122,27 @@ class _DisplayVolume:
         half = max(x1 - x0, y1 - y0) / 2 + margin_mm
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         return cx - half, cx + half, cy - half, cy + half
+
+
+def orientation_letters(ax, letters: tuple[str, str, str, str], fontsize: int = 9) -> None:
+    """Write patient directions at the left, right, top and bottom edges of ``ax`` (axial radiological: R, L, A, P)."""
+    for text, position, align in zip(
+        letters,
+        ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02)),
+        (("left", "center"), ("right", "center"), ("center", "top"), ("center", "bottom")),
+        strict=True,
+    ):
+        ax.text(
+            *position,
+            text,
+            transform=ax.transAxes,
+            color="white",
+            fontsize=fontsize,
+            fontweight="bold",
+            path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
+            ha=align[0],
+            va=align[1],
+        )
 
 
 def _legend(figure: Figure, volume: _DisplayVolume) -> None:
