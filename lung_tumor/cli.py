@@ -77,6 +77,7 @@ def _predict(args: argparse.Namespace) -> None:
         threshold=args.threshold,
         min_lesion_mm3=args.min_lesion_mm3,
         lung_mask=args.lung_mask,
+        flip_tta=args.flip_tta,
         save_probabilities=args.probabilities,
         report=not args.no_report,
         html=not args.no_html,
@@ -92,6 +93,18 @@ def _print_error(err: LungTumorError) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"lung-tumor: error: {err}", file=sys.stderr)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from lung_tumor.evaluation.tune import tune_run
+
+    tune_run(args.run, args.data, fold=args.fold, cases=args.cases, overwrite=args.overwrite)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lung_tumor.export import export_model
+
+    export_model(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -204,12 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = commands.add_parser("predict", help="segment whole CT volumes into NIfTI masks and tumour reports")
-    p.add_argument("--run", required=True, type=Path, help="training run folder")
+    p.add_argument(
+        "--run", type=Path, default=None, help="training run folder (default: the model shipped in the package)"
+    )
     p.add_argument("--input", required=True, type=Path, help="NIfTI file, folder of NIfTI files, or DICOM folder")
-    p.add_argument("--output", type=Path, default=None, help="mask file or folder (default: beside the run)")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--min-lesion-mm3", type=float, default=0.0, help="drop components smaller than this")
-    p.add_argument("--lung-mask", action="store_true", help="keep only what lies in or next to the lungs")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="mask file or folder (default: RUN/predictions/, or ./predictions/ with the shipped model)",
+    )
+    stored = " (default: the run's postprocess.json, from lung-tumor tune; else %s)"
+    p.add_argument("--threshold", type=float, default=None, help="tumour probability cut" + stored % "0.5")
+    p.add_argument("--min-lesion-mm3", type=float, default=None, help="drop lesions smaller than this" + stored % "0")
+    p.add_argument(
+        "--lung-mask",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only lesions in or within 10 mm of the lungs" + stored % "off",
+    )
+    p.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the scan's probabilities with its in-plane mirror images" + stored % "off",
+    )
     p.add_argument("--probabilities", action="store_true", help="also write the probability map")
     p.add_argument("--no-report", action="store_true", help="skip the tumour spread report (JSON, text and HTML)")
     p.add_argument("--no-html", action="store_true", help="skip the one-page HTML report (CASE_report.html)")
@@ -222,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: bfloat16 if the run trained with training.amp and this CPU computes it natively, else float32",
     )
     p.set_defaults(func=_predict)
+
+    p = commands.add_parser(
+        "tune", help="choose a run's post-processing on its validation cases (writes RUN/postprocess.json)"
+    )
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run config's data.root)")
+    p.add_argument("--fold", type=int, default=None, help="this fold's validation cases (default: the run's)")
+    p.add_argument("--cases", nargs="+", default=None, help="these case ids instead")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_tune)
+
+    p = commands.add_parser("export", help="copy a run's weights, config and post-processing into a model folder")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_export)
 
     p = commands.add_parser("evaluate", help="score a run per case in 3D (MSD / nnU-Net style)")
     p.add_argument("--run", required=True, type=Path)

@@ -28,7 +28,9 @@ from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
+from lung_tumor.models import default_model_dir
 from lung_tumor.outputs import OutputPlan, marker
+from lung_tumor.postprocessing import PostProcessing, load_postprocessing
 from lung_tumor.provenance import prediction_provenance
 from lung_tumor.report import label_in_bounding_box, tumour_report, write_report
 from lung_tumor.thorax import ThoraxMasks, thorax_masks
@@ -173,11 +175,15 @@ class Predictor:
     """Segment CT volumes with a trained run.
 
     Args:
-        run_dir: the training run folder (``config.yaml`` and ``checkpoints/``).
+        run_dir: the training run folder (``config.yaml`` and ``checkpoints/``), or the shipped model's folder
+            (:func:`lung_tumor.models.default_model_dir`).
         checkpoint: ``best``, ``last`` or a checkpoint path.
         threshold: probability above which a voxel is tumour.
         min_lesion_mm3: remove predicted lesions smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs.
+        flip_tta: average the probabilities of the scan and its in-plane mirror images.
+            For these four, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
+            ``lung-tumor tune``), else :data:`lung_tumor.postprocessing.DEFAULT`.
         slices_per_batch: axial slices sent to the network at once (default: from the slice size,
             :func:`slices_per_batch_for`).
         device: torch device (default: CUDA when available).
@@ -199,17 +205,16 @@ class Predictor:
         self,
         run_dir: str | Path,
         checkpoint: str = "best",
-        threshold: float = 0.5,
-        min_lesion_mm3: float = 0.0,
-        lung_mask: bool = False,
+        threshold: float | None = None,
+        min_lesion_mm3: float | None = None,
+        lung_mask: bool | None = None,
         slices_per_batch: int | None = None,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        flip_tta: bool | None = None,
     ) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise LungTumorError(f"threshold must be in (0, 1), got {threshold}")
-        if min_lesion_mm3 < 0:
-            raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {min_lesion_mm3}")
+        overrides = {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3, "lung_mask": lung_mask}
+        PostProcessing().with_overrides(**overrides, flip_tta=flip_tta)  # a bad value fails before the model loads
         if precision not in PRECISIONS:
             raise LungTumorError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -227,9 +232,13 @@ class Predictor:
             native = self.device.type == "cpu" and cpu_bf16_supported()
             precision = "bfloat16" if trained_amp and native else "float32"
         self.precision = precision
-        self.threshold = threshold
-        self.min_lesion_mm3 = min_lesion_mm3
-        self.lung_mask = lung_mask
+        overrides["flip_tta"] = flip_tta
+        stored = load_postprocessing(run_dir) if None in overrides.values() else PostProcessing()
+        self.postprocessing = stored.with_overrides(**overrides)
+        self.threshold = self.postprocessing.threshold
+        self.min_lesion_mm3 = self.postprocessing.min_lesion_mm3
+        self.lung_mask = self.postprocessing.lung_mask
+        self.flip_tta = self.postprocessing.flip_tta
         self.run_dir = Path(run_dir)
         self.checkpoint_path = checkpoint_file(run_dir, checkpoint, config)
         log.debug(
@@ -253,8 +262,12 @@ class Predictor:
         if self.precision == "bfloat16":
             inferer = AutocastInferer(self.device.type, torch.bfloat16, inner=inferer)
         with torch.inference_mode():
-            logits = inferer(stack, self._network)  # (1, 1, Z, Y, X)
-            probability = torch.sigmoid(logits[0]).permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
+            probability = torch.sigmoid(inferer(stack, self._network))  # (1, 1, Z, Y, X)
+            if self.flip_tta:  # mirror left-right and front-back in the slice plane, then back
+                for axis in (-1, -2):
+                    probability += torch.sigmoid(inferer(stack.flip(axis), self._network)).flip(axis)
+                probability /= 3
+            probability = probability[0].permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
         return probability.clone()  # a normal tensor: the inverse transforms may work on it in place
 
     def prepare(self, path: str | Path) -> PreparedVolume:
@@ -306,6 +319,7 @@ class Predictor:
             self.min_lesion_mm3,
             self.lung_mask,
             precision=self.precision,
+            flip_tta=self.flip_tta,
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 
@@ -387,12 +401,12 @@ def plan_outputs(
 
 
 def predict(
-    run: str | Path,
+    run: str | Path | None,
     input: str | Path,
     output: str | Path | None = None,
-    threshold: float = 0.5,
-    min_lesion_mm3: float = 0.0,
-    lung_mask: bool = False,
+    threshold: float | None = None,
+    min_lesion_mm3: float | None = None,
+    lung_mask: bool | None = None,
     save_probabilities: bool = False,
     report: bool = True,
     overwrite: bool = False,
@@ -400,6 +414,7 @@ def predict(
     on_error: Callable[[LungTumorError], None] | None = None,
     html: bool = True,
     precision: str = "auto",
+    flip_tta: bool | None = None,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
@@ -409,12 +424,12 @@ def predict(
     through ``on_error`` and the others go on; the call then raises one error that counts the failures.
 
     Args:
-        run: the training run folder.
+        run: the training run folder; ``None``: the model shipped in the package
+            (:func:`lung_tumor.models.default_model_dir`).
         input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
-        output: mask file or folder (default: ``RUN/predictions/``).
-        threshold: probability above which a voxel is tumour.
-        min_lesion_mm3: remove predicted lesions smaller than this.
-        lung_mask: keep only lesions in or within 10 mm of the lungs.
+        output: mask file or folder (default: ``RUN/predictions/``; ``./predictions/`` with the shipped model).
+        threshold, min_lesion_mm3, lung_mask, flip_tta: post-processing (see :class:`Predictor`); ``None`` takes
+            the run's stored choice.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
         report: write the tumour spread report (``CASE_report.json``, ``.txt`` and, with ``html``, ``.html``).
         overwrite: replace existing output files that lung-tumor did not write (never an input).
@@ -431,11 +446,19 @@ def predict(
             the count of failed scans.
     """
     sources = input_volumes(Path(input))
+    if run is None:
+        run = default_model_dir()
+        output = Path("predictions") if output is None else output  # never into the installed package
     planned = plan_outputs(
         sources, None if output is None else Path(output), Path(run), save_probabilities, report, overwrite, html
     )
     predictor = Predictor(
-        run, threshold=threshold, min_lesion_mm3=min_lesion_mm3, lung_mask=lung_mask, precision=precision
+        run,
+        threshold=threshold,
+        min_lesion_mm3=min_lesion_mm3,
+        lung_mask=lung_mask,
+        precision=precision,
+        flip_tta=flip_tta,
     )
     paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []

@@ -58,6 +58,7 @@ def prediction_provenance(
     lung_mask: bool,
     series_instance_uid: str | None = None,
     precision: str = "float32",
+    flip_tta: bool = False,
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -70,6 +71,7 @@ def prediction_provenance(
         lung_mask: whether lesions far from the lungs were removed.
         series_instance_uid: the DICOM SeriesInstanceUID (read from the folder's first file when not given).
         precision: the network's arithmetic: ``float32``, or ``bfloat16`` autocast.
+        flip_tta: whether the probabilities average the scan and its in-plane mirror images.
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
@@ -80,7 +82,11 @@ def prediction_provenance(
         "checkpoint": str(Path(checkpoint).resolve()),
         "threshold": float(threshold),
         "precision": precision,
-        "post_processing": {"min_lesion_mm3": float(min_lesion_mm3), "lung_mask": bool(lung_mask)},
+        "post_processing": {
+            "min_lesion_mm3": float(min_lesion_mm3),
+            "lung_mask": bool(lung_mask),
+            "flip_tta": bool(flip_tta),
+        },
         "input": str(source),
         "input_sha256": input_sha256(source),
         "series_instance_uid": series_instance_uid,

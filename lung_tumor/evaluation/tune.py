@@ -1,0 +1,180 @@
+"""``lung-tumor tune``: choose a run's post-processing on its validation cases, not by taste.
+
+Each validation case is segmented once without and once with test-time mirror images (``flip_tta``); every
+combination of threshold, minimum lesion volume and lung mask is then applied to the stored probabilities and
+scored in 3D. The objective is the mean per-case Dice in which a tumour-free case scores 1 when nothing is
+predicted and 0 otherwise, so that false lesions in healthy scans cost as much as a missed tumour; ties go to
+fewer false lesions per scan, then to the simpler setting. The choice and the score of every combination go to
+``RUN/postprocess.json``, which ``predict`` and ``evaluate`` then use (:mod:`lung_tumor.postprocessing`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lung_tumor.config import load_config
+from lung_tumor.errors import LungTumorError
+from lung_tumor.evaluation.evaluate import _load_truth, select_cases
+from lung_tumor.evaluation.lesions import lesion_detection
+from lung_tumor.io import write_json
+from lung_tumor.outputs import OutputPlan, marker
+from lung_tumor.postprocessing import DEFAULT, FILENAME, PostProcessing
+from lung_tumor.thorax import thorax_masks
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_LESION_MM3 = (0.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+@dataclass
+class _Case:
+    case_id: str
+    probability: dict[bool, np.ndarray]  # by flip_tta, uint8 in 1/255 steps (a quarter of float32's memory)
+    truth: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    thorax: Any
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """3D Dice; a tumour-free case scores 1 when nothing is predicted."""
+    total = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
+
+
+def score_settings(cases: Sequence[_Case], settings: PostProcessing) -> dict[str, Any]:
+    """Mean per-case Dice (tumour-free cases count), lesion sensitivity and false lesions per scan."""
+    from lung_tumor.inference import keep_near_lungs, remove_small_lesions
+
+    dices, detected, true, false = [], 0, 0, 0
+    for case in cases:
+        mask = (case.probability[settings.flip_tta] > round(settings.threshold * 255)).astype(np.uint8)
+        mask = remove_small_lesions(mask, case.spacing, settings.min_lesion_mm3)
+        if settings.lung_mask:  # the lungs were found once per case: the CT itself is not needed again
+            mask = keep_near_lungs(mask, np.empty(0), case.affine, case.thorax)
+        dices.append(_dice(mask != 0, case.truth))
+        lesions = lesion_detection(mask, case.truth)
+        detected += int(lesions["lesions_detected"])
+        true += int(lesions["lesions_true"])
+        false += int(lesions["lesions_false_positive"])
+    return {
+        "settings": settings.as_dict(),
+        "dice_per_case_mean": round(float(np.mean(dices)), 4),
+        "lesion_sensitivity": round(detected / true, 4) if true else None,
+        "false_lesions_per_scan": round(false / len(cases), 3),
+    }
+
+
+def _simplicity(settings: dict[str, Any]) -> tuple[int, float, float]:
+    """Fewer active steps first, then the default threshold, then the smallest size cut."""
+    active = int(settings["flip_tta"]) + int(settings["lung_mask"]) + int(settings["min_lesion_mm3"] > 0)
+    return active, abs(settings["threshold"] - DEFAULT.threshold), settings["min_lesion_mm3"]
+
+
+def choose(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The best result: highest Dice, then fewest false lesions per scan, then the simplest settings."""
+    return min(
+        results,
+        key=lambda r: (-r["dice_per_case_mean"], r["false_lesions_per_scan"], _simplicity(r["settings"])),
+    )
+
+
+def tune_run(
+    run: str | Path,
+    data: str | Path | None = None,
+    fold: int | None = None,
+    cases: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Choose the run's post-processing on validation cases and write ``RUN/postprocess.json``.
+
+    Args:
+        run: the run folder.
+        data: MSD-layout dataset folder (default: the run config's ``data.root``).
+        fold: score this fold's validation cases (default: the run's fold).
+        cases: score these case ids instead.
+        overwrite: replace a ``postprocess.json`` that lung-tumor did not write.
+
+    Returns:
+        The content written: ``settings`` (the choice), ``chosen`` and ``baseline`` (the default settings)
+        with their scores, and ``results`` for every combination.
+
+    Raises:
+        LungTumorError: the run, its data or a case is missing, or the run has no validation cases.
+    """
+    from lung_tumor.inference import Predictor
+
+    run = Path(run)
+    if not run.is_dir():
+        raise LungTumorError("run folder not found", run)
+    config = load_config(run / "config.yaml")
+    data = data or config.get("data::root")
+    if not data:
+        raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
+    if fold is None and not cases:
+        fold = config.get("fold")
+    chosen_cases, description = select_cases(data, fold=fold, cases=cases)
+    output = run / FILENAME
+    plan = OutputPlan(inputs=[c.image for c in chosen_cases], overwrite=overwrite)
+    plan.add_file(output)
+    plan.check()
+    log.info("tuning post-processing of %s on %s from %s", run, description, data)
+
+    predictors = {
+        tta: Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False, flip_tta=tta) for tta in (False, True)
+    }
+    scored: list[_Case] = []
+    for case in tqdm(chosen_cases, desc="tune", unit="case"):
+        prepared = predictors[False].prepare(case.image)
+        results = {tta: predictor.predict_file(prepared) for tta, predictor in predictors.items()}
+        plain = results[False]
+        scored.append(
+            _Case(
+                case.case_id,
+                {tta: np.round(r.probability * 255).astype(np.uint8) for tta, r in results.items()},
+                _load_truth(case, plain.mask.shape, plain.affine),
+                plain.spacing,
+                plain.affine,
+                thorax_masks(plain.image_hu, plain.affine),
+            )
+        )
+        del results, plain, prepared
+    grid = itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True))
+    results = [
+        score_settings(scored, PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta))
+        for t, m, lung, tta in grid
+    ]
+    best = choose(results)
+    baseline = score_settings(scored, DEFAULT)
+    content = {
+        "generator": marker("tune"),
+        "settings": best["settings"],
+        "chosen_on": {"data": str(data), "cases": [c.case_id for c in chosen_cases], "description": description},
+        "objective": "mean per-case 3D Dice, a tumour-free case scoring 1 when empty and 0 otherwise; ties: fewer "
+        "false lesions per scan, then the simpler setting",
+        "chosen": best,
+        "baseline": baseline,
+        "results": results,
+    }
+    write_json(output, content)
+    log.info(
+        "chose %s: Dice %.3f, sensitivity %s, %.2f false lesions per scan (default settings: Dice %.3f, %.2f); "
+        "wrote %s",
+        best["settings"],
+        best["dice_per_case_mean"],
+        best["lesion_sensitivity"],
+        best["false_lesions_per_scan"],
+        baseline["dice_per_case_mean"],
+        baseline["false_lesions_per_scan"],
+        output,
+    )
+    return content

@@ -1,0 +1,77 @@
+"""``lung-tumor export``: a training run cut down to what prediction needs, as the shipped model is stored.
+
+The folder keeps the run layout (:mod:`lung_tumor.training.run`), so ``predict --run FOLDER`` and
+:func:`~lung_tumor.training.run.load_trained_model` read it unchanged: ``config.yaml`` (byte for byte, so its
+hash still matches), ``metadata.json`` (with where it came from), the chosen checkpoint with the network weights
+alone (no optimizer or scheduler state), and ``postprocess.json`` when the run has one. ``lung_tumor/models/
+default/`` is made this way (:mod:`lung_tumor.models`); its ``MODEL_CARD.md`` is written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lung_tumor.errors import LungTumorError
+from lung_tumor.io import write_atomic, write_json
+from lung_tumor.outputs import OutputPlan, marker
+from lung_tumor.postprocessing import FILENAME as POSTPROCESS_FILENAME
+from lung_tumor.training.run import checkpoint_file, load_trained_model
+
+log = logging.getLogger(__name__)
+
+
+def export_model(run: str | Path, out: str | Path, checkpoint: str = "best", overwrite: bool = False) -> Path:
+    """Write the run's network weights, config and post-processing into ``out``.
+
+    Args:
+        run: the training run folder.
+        out: the model folder to write (created).
+        checkpoint: ``best``, ``last`` or a checkpoint path of the run.
+        overwrite: replace files in ``out`` that lung-tumor did not write.
+
+    Returns:
+        The weights file written.
+
+    Raises:
+        LungTumorError: the run or its checkpoint is missing, unreadable or does not fit its config, or an
+            output is unsafe (checked before anything is written).
+    """
+    run, out = Path(run), Path(out)
+    network, config = load_trained_model(run, checkpoint)  # every check prediction will make, before writing
+    source = checkpoint_file(run, checkpoint, config)
+    weights = out / "checkpoints" / checkpoint_file(out, "best", config).name
+    metadata_path = run / "metadata.json"
+    try:
+        metadata: dict[str, Any] = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise LungTumorError(f"unreadable ({type(err).__name__})", metadata_path) from None
+    postprocess = run / POSTPROCESS_FILENAME
+    inputs = [path for path in (run / "config.yaml", source, postprocess) if path.exists()]
+    plan = OutputPlan(inputs=inputs, overwrite=overwrite)
+    outputs = [out / "config.yaml", out / "metadata.json", weights]
+    if postprocess.is_file():
+        outputs.append(out / POSTPROCESS_FILENAME)
+    for path in outputs:
+        plan.add_file(path, vouched_by=out / "metadata.json" if path != out / "metadata.json" else None)
+    plan.check()
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
+    write_atomic(weights, lambda stream: torch.save({"network": state}, stream), mode="wb")
+    shutil.copyfile(run / "config.yaml", out / "config.yaml")
+    if postprocess.is_file():
+        shutil.copyfile(postprocess, out / POSTPROCESS_FILENAME)
+    metadata = {
+        **metadata,
+        "generator": marker("export"),
+        "exported_from": {"run": str(run), "checkpoint": str(source)},
+    }
+    write_json(out / "metadata.json", metadata)
+    size_mb = weights.stat().st_size / 2**20
+    log.info("exported %s (%s) to %s: weights %.1f MB", run, source.name, out, size_mb)
+    return weights

@@ -1,0 +1,83 @@
+"""A model's post-processing: the settings that turn its probabilities into lesions, stored beside the model.
+
+``RUN/postprocess.json`` (written by ``lung-tumor tune``, :mod:`lung_tumor.evaluation.tune`) holds the settings
+chosen on the run's validation cases; ``predict`` and ``evaluate`` use them unless told otherwise on the command
+line. A run without the file uses :data:`DEFAULT` (threshold 0.5 and nothing else), as before the file existed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lung_tumor.errors import LungTumorError
+
+FILENAME = "postprocess.json"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """How probabilities become a mask.
+
+    Args:
+        threshold: probability above which a voxel is tumour.
+        min_lesion_mm3: drop predicted lesions (26-connected) smaller than this.
+        lung_mask: keep only lesions in or within 10 mm of the lungs (a HU lung mask, :mod:`lung_tumor.thorax`).
+        flip_tta: average the probabilities of the scan and its in-plane (left-right, front-back) mirror images.
+    """
+
+    threshold: float = 0.5
+    min_lesion_mm3: float = 0.0
+    lung_mask: bool = False
+    flip_tta: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
+            raise LungTumorError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not _is_number(self.min_lesion_mm3) or self.min_lesion_mm3 < 0:
+            raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {self.min_lesion_mm3!r}")
+        for name in ("lung_mask", "flip_tta"):
+            if not isinstance(getattr(self, name), bool):
+                raise LungTumorError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def with_overrides(self, **overrides: Any) -> PostProcessing:
+        """These settings with the given ones replaced; ``None`` values keep the stored setting."""
+        return replace(self, **{name: value for name, value in overrides.items() if value is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULT = PostProcessing()
+
+
+def load_postprocessing(run_dir: str | Path) -> PostProcessing:
+    """The run's stored settings (``RUN/postprocess.json``), or :data:`DEFAULT` where it has none.
+
+    Raises:
+        LungTumorError: the file is unreadable, not a JSON object, or holds an unknown key or a bad value.
+    """
+    path = Path(run_dir) / FILENAME
+    if not path.is_file():
+        return DEFAULT
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LungTumorError(f"unreadable ({type(err).__name__})", path) from None
+    settings = content.get("settings") if isinstance(content, dict) else None
+    if not isinstance(settings, dict):
+        raise LungTumorError("no 'settings' object (write it with lung-tumor tune)", path)
+    known = {f.name for f in fields(PostProcessing)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise LungTumorError(f"unknown setting(s) {unknown}; known: {sorted(known)}", path)
+    try:
+        return PostProcessing(**settings)
+    except LungTumorError as err:
+        raise LungTumorError(str(err), path) from None

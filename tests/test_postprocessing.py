@@ -1,0 +1,144 @@
+"""Post-processing chosen on validation data (``lung-tumor tune``), stored beside the model and used by predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_geometry import make_shift_run, predict_cli, read_mask
+from test_predict_cli import LESIONS, found, four_lesions
+
+from lung_tumor.cli import main
+from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.evaluation.tune import _Case, choose, score_settings
+from lung_tumor.inference import Predictor
+from lung_tumor.postprocessing import DEFAULT, PostProcessing, load_postprocessing
+
+
+def write_settings(run: Path, **settings) -> None:
+    (run / "postprocess.json").write_text(json.dumps({"generator": "lung-tumor tune", "settings": settings}))
+
+
+@pytest.fixture(scope="module")
+def lesion_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """The four-lesion phantom as a one-case MSD dataset whose label is the three lung lesions (not the wall one)."""
+    folder = tmp_path_factory.mktemp("tune")
+    image, masks, affine = four_lesions()
+    data = folder / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    label = (masks["bright"] | masks["dim"] | masks["small"]).astype(np.uint8)
+    nib.save(nib.Nifti1Image(image, affine), data / "imagesTr" / "lung_001.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), data / "labelsTr" / "lung_001.nii.gz")
+    write_dataset_json(data, ["lung_001"], [])
+    return data, data / "imagesTr" / "lung_001.nii.gz", masks
+
+
+def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(tmp_path: Path, lesion_dataset) -> None:
+    _, source, lesions = lesion_dataset
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    write_settings(run, threshold=0.5, min_lesion_mm3=200.0, lung_mask=True, flip_tta=False)
+    predict_cli(run, source, tmp_path / "stored")
+    mask, _ = read_mask(tmp_path / "stored" / "lung_001.nii.gz")
+    assert found(mask, lesions) == {"bright", "dim"}  # small (113 mm3) and wall (far from the lungs) removed
+    provenance = json.loads((tmp_path / "stored" / "lung_001_report.json").read_text())["provenance"]
+    assert provenance["post_processing"] == {"min_lesion_mm3": 200.0, "lung_mask": True, "flip_tta": False}
+
+    predict_cli(run, source, tmp_path / "overridden", "--no-lung-mask", "--min-lesion-mm3", "0")
+    mask, _ = read_mask(tmp_path / "overridden" / "lung_001.nii.gz")
+    assert found(mask, lesions) == set(LESIONS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "unreadable"),
+        ('{"settings": {"threshold": 1.5}}', "threshold must be in (0, 1)"),
+        ('{"settings": {"treshold": 0.4}}', "unknown setting(s) ['treshold']"),
+        ('{"settings": {"lung_mask": "yes"}}', "lung_mask must be true or false"),
+        ("[1, 2]", "no 'settings' object"),
+    ],
+)
+def test_a_bad_postprocess_json_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path, lesion_dataset, capsys: pytest.CaptureFixture, content: str, message: str
+) -> None:
+    _, source, _ = lesion_dataset
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    (run / "postprocess.json").write_text(content)
+    status = main(["predict", "--run", str(run), "--input", str(source), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status != 0 and len(error) == 1
+    assert str(run / "postprocess.json") in error[0] and message in error[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_without_postprocess_json_the_defaults_hold(tmp_path: Path) -> None:
+    assert load_postprocessing(tmp_path) == DEFAULT == PostProcessing(0.5, 0.0, False, False)
+
+
+def test_flip_tta_averages_the_scan_and_its_two_in_plane_mirror_images(tmp_path: Path) -> None:
+    run = make_shift_run(tmp_path / "run", shift=(3, -2), gain=40.0)  # not mirror-symmetric: each flip differs
+    plain = Predictor(run, precision="float32")
+    mirrored = Predictor(run, precision="float32", flip_tta=True)
+    volume = torch.randn(1, 40, 36, 6)
+    expected = plain.probabilities(volume)
+    for axis in (1, 2):  # (1, X, Y, Z): left-right and front-back, never across slices
+        expected += plain.probabilities(volume.flip(axis)).flip(axis)
+    torch.testing.assert_close(mirrored.probabilities(volume), expected / 3, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain.probabilities(volume), expected / 3, atol=1e-3)
+
+
+def _case(probability: np.ndarray, truth: np.ndarray) -> _Case:
+    quantised = np.round(probability * 255).astype(np.uint8)
+    return _Case("c", {False: quantised, True: quantised}, truth, (1.0, 1.0, 1.0), np.eye(4), None)
+
+
+def test_scores_count_false_lesions_and_tumour_free_scans() -> None:
+    truth = np.zeros((20, 20, 20), dtype=bool)
+    truth[2:8, 2:8, 2:8] = True  # 216 voxels
+    probability = np.where(truth, 0.9, 0.0)
+    probability[12:16, 12:16, 12:16] = 0.45  # a false lesion of 64 mm3 seen at threshold 0.4
+    probability[18, 18, 18] = 0.9  # a one-voxel false lesion
+    healthy = np.zeros_like(probability)
+    healthy[10, 10, 10] = 0.95
+    cases = [_case(probability, truth), _case(healthy, np.zeros_like(truth))]
+
+    loose = score_settings(cases, PostProcessing(threshold=0.4))
+    assert loose["false_lesions_per_scan"] == 1.5  # 2 in the tumour scan, 1 in the healthy one
+    assert loose["dice_per_case_mean"] == pytest.approx((2 * 216 / (216 + 216 + 65)) / 2, abs=1e-4)
+    assert loose["lesion_sensitivity"] == 1.0
+    clean = score_settings(cases, PostProcessing(threshold=0.5, min_lesion_mm3=30.0))
+    assert clean == {**clean, "dice_per_case_mean": 1.0, "false_lesions_per_scan": 0.0}
+
+    results = [
+        score_settings(cases, PostProcessing(threshold=t, min_lesion_mm3=m)) for t in (0.4, 0.5) for m in (0, 30)
+    ]
+    assert choose(results)["settings"] == {
+        "threshold": 0.5,
+        "min_lesion_mm3": 30.0,
+        "lung_mask": False,
+        "flip_tta": False,
+    }
+
+
+def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(tmp_path: Path, lesion_dataset) -> None:
+    data, source, lesions = lesion_dataset
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    assert main(["tune", "--run", str(run), "--data", str(data), "--cases", "lung_001"]) == 0
+    content = json.loads((run / "postprocess.json").read_text())
+    assert content["chosen_on"]["cases"] == ["lung_001"]
+    assert len(content["results"]) == 5 * 5 * 2 * 2
+    best = max(r["dice_per_case_mean"] for r in content["results"])
+    assert content["chosen"]["dice_per_case_mean"] == best > content["baseline"]["dice_per_case_mean"]
+    # the wall lesion is the only false one, and only the lung mask removes it without losing the small lesion
+    assert content["settings"]["lung_mask"] is True and content["chosen"]["false_lesions_per_scan"] == 0
+    assert content["baseline"]["false_lesions_per_scan"] == 1
+    assert load_postprocessing(run) == PostProcessing(**content["settings"])
+
+    predict_cli(run, source, tmp_path / "out")
+    mask, _ = read_mask(tmp_path / "out" / "lung_001.nii.gz")
+    assert found(mask, lesions) == {"bright", "dim", "small"} and not mask[lesions["wall"]].any()
