@@ -4,8 +4,9 @@ Steps: ``synth`` (16 small labelled cases and 2 unlabelled ones, and a separate 
 16 cases drawn with another seed), ``preprocess``, ``train`` (the demo config on fold 0), ``evaluate``
 (the fold's validation cases, per case in 3D, with pictures; then the separate test set, which neither
 training nor the choice of the best checkpoint ever saw), and ``predict`` with the tumour report on the
-unlabelled cases. Every step reuses what an earlier run finished, and an interrupted training run
-resumes from its last checkpoint.
+unlabelled cases. The model shipped in the package (:mod:`lung_tumor.models`) is scored on the same held-out
+set and segments the same unlabelled cases, beside the freshly trained one. Every step reuses what an earlier
+run finished, and an interrupted training run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from lung_tumor.config import PreprocessConfig, load_config
 from lung_tumor.data.msd import list_cases
 from lung_tumor.errors import LungTumorError
+from lung_tumor.models import default_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,12 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
     summary["held_out"] = held_out
     predictions = predict(run_dir, root / "imagesTs", output=out / "predictions", lung_mask=True)
     summary["predictions"] = predictions
+    shipped = default_model_dir()
+    shipped_held_out = evaluate_run(
+        shipped, held_out_root, all_cases=True, output=out / "pretrained_held_out", pictures=False
+    )
+    summary["pretrained_held_out"] = shipped_held_out
+    summary["pretrained_predictions"] = predict(None, root / "imagesTs", output=out / "predictions_pretrained")
     minutes_taken = (time.monotonic() - started) / 60
     evaluation = run_dir / "evaluation"
     lines = [
@@ -108,12 +116,17 @@ def run_demo(out: str | Path = "runs/demo", minutes: float | None = None) -> dic
         f"  held-out test set ({held_out['cases']} cases of seed {HELD_OUT_SEED}, never seen in training): "
         f"{held_out_root}",
         *_score_lines(held_out),
+        f"  the model shipped in the package ({shipped}), on the same held-out set; trained on other synthetic "
+        "data only:",
+        *_score_lines(shipped_held_out),
         f"  scores: {evaluation / 'summary.json'}, {evaluation / 'per_case.csv'} and {run_dir / 'evaluation_held_out'}",
         f"  pictures: {evaluation / 'pictures'}",
         f"  training curves (TensorBoard): tensorboard --logdir {run_dir / 'tensorboard'}",
     ]
     for paths in predictions:
         lines.append(f"  prediction: {paths['mask']}  report: {paths['report_text']}")
+    for paths in summary["pretrained_predictions"]:
+        lines.append(f"  shipped model's prediction: {paths['mask']}  report: {paths['report_text']}")
     print("\n".join(lines))
     return summary
 

@@ -72,6 +72,8 @@ def export_model(run: str | Path, out: str | Path, checkpoint: str = "best", ove
         "exported_from": {"run": str(run), "checkpoint": str(source)},
     }
     write_json(out / "metadata.json", metadata)
+    for path in outputs:  # readable by every user of an installed package (atomic writes make 0600 files)
+        path.chmod(0o644)
     size_mb = weights.stat().st_size / 2**20
     log.info("exported %s (%s) to %s: weights %.1f MB", run, source.name, out, size_mb)
     return weights

@@ -29,12 +29,19 @@ def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert held_out["case_ids"] == [f"lung_{i:03d}" for i in range(1, 17)]  # every case of the separate test set
     assert held_out == json.loads((evaluation.parent / "evaluation_held_out" / "summary.json").read_text())
     assert (tmp_path / "held_out" / "dataset.json").is_file()
-    for paths in summary["predictions"]:
+    shipped = summary["pretrained_held_out"]
+    assert shipped["case_ids"] == held_out["case_ids"]  # the shipped model on the same held-out set
+    assert shipped == json.loads((tmp_path / "pretrained_held_out" / "summary.json").read_text())
+    assert [p["mask"].name for p in summary["pretrained_predictions"]] == [
+        p["mask"].name for p in summary["predictions"]
+    ]
+    for paths in summary["predictions"] + summary["pretrained_predictions"]:
         source = tmp_path / "data" / "imagesTs" / paths["mask"].name
         mask, image = nib.load(paths["mask"]), nib.load(source)
         assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
         np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
         assert "total tumour volume" in paths["report_text"].read_text()
     printed = capsys.readouterr().out
-    assert "lung-tumor demo finished" in printed and printed.count("Dice per case, mean") == 2
-    assert "held-out test set (16 cases" in printed
+    assert "lung-tumor demo finished" in printed and printed.count("Dice per case, mean") == 3
+    assert "held-out test set (16 cases" in printed and "the model shipped in the package" in printed
+    assert printed.count("shipped model's prediction: ") == 2

@@ -1,0 +1,139 @@
+"""Generalisation benchmark: a model on held-out full-size synthetic scans and on the real CTs of ../shared/real_ct/.
+
+Held out: ``--cases`` full-size scans of the varied engine and varied acquisition (every tumour kind, 0.5-1.0 mm
+pixels, 0.6-5 mm slices, a fifth tumour-free), drawn with ``--seed`` (7777: used by no training data, fixed set
+or stream). Per scan: 3D Dice (tumour scans; nnU-Net convention), lesion sensitivity for true lesions of 5 mm or
+more (equivalent diameter), and false lesions (predicted lesions touching no true lesion). Real CT: Dice against
+the LIDC-IDRI-0001 readers' nodule mask, and the lesions found in the tumour-free thorax.
+
+    python scripts/bench_generalisation.py                        # the shipped model
+    python scripts/bench_generalisation.py --run runs/demo/runs/unet2d/fold_0 --out bench.json
+
+Targets (issue 8): mean per-case Dice >= 0.80, sensitivity >= 0.90 for lesions >= 5 mm, <= 0.5 false lesions per
+scan; LIDC nodule Dice >= 0.6 and no false lesion in the tumour-free thorax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from lung_tumor.data.msd import list_cases
+from lung_tumor.data.synth import synthesize_dataset
+from lung_tumor.evaluation.lesions import label_lesions
+from lung_tumor.inference import Predictor
+from lung_tumor.models import default_model_dir
+
+MIN_DIAMETER_MM = 5.0
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float | None:
+    total = int(prediction.sum()) + int(truth.sum())
+    return None if total == 0 else 2.0 * int((prediction & truth).sum()) / total
+
+
+def lesion_counts(prediction: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict[str, int]:
+    """True lesions of >= 5 mm found and missed, and predicted lesions touching no true lesion."""
+    true_labels, n_true = label_lesions(truth)
+    pred_labels, n_pred = label_lesions(prediction)
+    sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
+    diameters = np.cbrt(6.0 * sizes / math.pi)
+    hit_true = set(np.unique(true_labels[(pred_labels > 0) & (true_labels > 0)]).tolist())
+    large = [i + 1 for i in range(n_true) if diameters[i] >= MIN_DIAMETER_MM]
+    hit_pred = np.unique(pred_labels[(pred_labels > 0) & (true_labels > 0)]).size
+    return {
+        "lesions_5mm": len(large),
+        "lesions_5mm_found": sum(1 for i in large if i in hit_true),
+        "lesions_all": n_true,
+        "lesions_all_found": len(hit_true),
+        "false_lesions": n_pred - int(hit_pred),
+    }
+
+
+def score_scan(predictor: Predictor, image: Path, truth: np.ndarray) -> dict:
+    result = predictor.predict_file(image)
+    prediction = np.asarray(result.mask) != 0
+    voxel_mm3 = float(np.prod(result.spacing))
+    return {
+        "case": image.name,
+        "dice": dice(prediction, truth) if truth.any() else None,
+        "predicted_ml": round(prediction.sum() * voxel_mm3 / 1000, 2),
+        "true_ml": round(truth.sum() * voxel_mm3 / 1000, 2),
+        **lesion_counts(prediction, truth, voxel_mm3),
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    dices = [r["dice"] for r in rows if r["dice"] is not None]
+    large = sum(r["lesions_5mm"] for r in rows)
+    return {
+        "scans": len(rows),
+        "tumour_scans": len(dices),
+        "dice_per_case_mean": round(float(np.mean(dices)), 4) if dices else None,
+        "dice_per_case_median": round(float(np.median(dices)), 4) if dices else None,
+        "sensitivity_5mm": round(sum(r["lesions_5mm_found"] for r in rows) / large, 4) if large else None,
+        "lesions_5mm": large,
+        "false_lesions_per_scan": round(sum(r["false_lesions"] for r in rows) / len(rows), 3),
+        "false_lesions_in_tumour_free_scans": sum(r["false_lesions"] for r in rows if r["true_ml"] == 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=None, help="model or run folder (default: the shipped model)")
+    parser.add_argument("--data", type=Path, default=Path("runs/heldout_full"), help="held-out set (made if missing)")
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7777)
+    parser.add_argument("--real-ct", type=Path, default=REAL_CT)
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    if not (args.data / "dataset.json").is_file():
+        synthesize_dataset(
+            args.data, cases=args.cases, size="full", seed=args.seed, variety="varied", acquisition="varied"
+        )
+    run = args.run or default_model_dir()
+    predictor = Predictor(run)
+    print(f"model: {run}  post-processing: {predictor.postprocessing.as_dict()}")
+    started = time.monotonic()
+    rows = []
+    for case in list_cases(args.data)[: args.cases]:
+        truth = np.asarray(nib.load(case.label).dataobj) != 0
+        rows.append(score_scan(predictor, case.image, truth))
+        r = rows[-1]
+        print(
+            f"  {r['case']}: Dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)}  "
+            f"lesions >=5 mm {r['lesions_5mm_found']}/{r['lesions_5mm']}  false {r['false_lesions']}  "
+            f"true {r['true_ml']} ml, predicted {r['predicted_ml']} ml"
+        )
+    held_out = summarise(rows)
+    print(f"held out ({args.data}, seed {args.seed}): {held_out}  [{time.monotonic() - started:.0f} s]")
+
+    real = {}
+    lidc = args.real_ct / "lidc-idri-0001"
+    if (lidc / "ct.nii.gz").is_file():
+        truth = np.asarray(nib.load(lidc / "nodule_mask_2readers.nii.gz").dataobj) != 0
+        real["lidc_idri_0001"] = score_scan(predictor, lidc / "ct.nii.gz", truth)
+    thorax = args.real_ct / "thorax-no-tumour" / "ct.nii.gz"
+    if thorax.is_file():
+        shape = nib.load(thorax).shape
+        real["thorax_no_tumour"] = score_scan(predictor, thorax, np.zeros(shape, dtype=bool))
+    for name, row in real.items():
+        print(f"real CT {name}: {row}")
+    figures = {"model": str(run), "post_processing": predictor.postprocessing.as_dict(), "held_out": held_out}
+    figures.update(per_scan=rows, real_ct=real)
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
