@@ -142,3 +142,11 @@ def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(t
     predict_cli(run, source, tmp_path / "out")
     mask, _ = read_mask(tmp_path / "out" / "lung_001.nii.gz")
     assert found(mask, lesions) == {"bright", "dim", "small"} and not mask[lesions["wall"]].any()
+
+    # evaluate uses the choice too, and says so
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--cases", "lung_001", "--no-pictures"]) == 0
+    summary = json.loads((run / "evaluation" / "summary.json").read_text())
+    assert summary["post_processing"] == content["settings"]
+    assert summary["lesions_false_positive_total"] == 0 and summary["dice_per_case_mean"] == pytest.approx(
+        content["chosen"]["dice_per_case_mean"], abs=0.01
+    )

@@ -232,6 +232,9 @@ def score_cases(
         "generator": marker("evaluate"),
         **summarize_cases(rows, both_empty_dice=both_empty_dice, tolerance_mm=tolerance_mm),
     }
+    settings = getattr(predictor, "postprocessing", None)  # the run's stored choice (lung-tumor tune) or defaults
+    if settings is not None:
+        summary["post_processing"] = settings.as_dict()
     summary["case_ids"] = [row["case_id"] for row in rows]
     summary["per_case_csv"] = "per_case.csv"
     write_atomic(output / "per_case.csv", lambda f: f.write(_csv_text(rows)))
