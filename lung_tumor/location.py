@@ -36,7 +36,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import pdist
 
-from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, voxel_spacing
+from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, mask_bounding_box, voxel_spacing
 from lung_tumor.thorax import ThoraxMasks, _sample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
@@ -316,7 +316,11 @@ def _track_airway(
 
 
 def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midline_x: float) -> tuple[np.ndarray, str]:
-    """Label the coarse lungs 1 (right) / 2 (left); see the module docstring."""
+    """Label the coarse lungs 1 (right) / 2 (left); see the module docstring.
+
+    ``x_of(mask, offset)`` is the mean world x of a mask lying at ``offset`` in ``lungs`` (``x_of(None, index)``:
+    the world x of each voxel index of ``lungs``).
+    """
     labels, count = ndimage.label(lungs, structure=np.ones((3, 3, 3)))
     out = np.zeros(lungs.shape, dtype=np.uint8)
     if count == 0:
@@ -325,8 +329,8 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
     order = np.argsort(sizes)[::-1] + 1
     first = labels == order[0]
 
-    def two_sides(a: np.ndarray, b: np.ndarray) -> bool:
-        return (x_of(a) - midline_x) * (x_of(b) - midline_x) < 0
+    def two_sides(a: np.ndarray, b: np.ndarray, offset: Any = 0) -> bool:
+        return (x_of(a, offset) - midline_x) * (x_of(b, offset) - midline_x) < 0
 
     parts, method = None, ""
     if count >= 2 and sizes[order[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sizes[order[0] - 1]:
@@ -335,6 +339,7 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
             parts, method = (first, second), "separate components"
     if parts is None:
         box = ndimage.find_objects(first.astype(np.uint8))[0]
+        start = np.array([s.start for s in box])
         region = first[box]
         eroded = region
         for erosions in range(1, MAX_SPLIT_EROSIONS + 1):
@@ -344,13 +349,11 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
                 continue
             sub_sizes = np.bincount(sub.ravel())[1:]
             top = np.argsort(sub_sizes)[::-1][:2] + 1
-            seeds = [np.zeros(lungs.shape, dtype=bool) for _ in range(2)]
-            for seed, label in zip(seeds, top, strict=True):
-                seed[box] = sub == label
-            if sub_sizes[top[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sub_sizes[top[0] - 1] and two_sides(*seeds):
+            seeds = [sub == label for label in top]  # in the box of the largest component
+            if sub_sizes[top[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sub_sizes[top[0] - 1] and two_sides(*seeds, start):
                 seed_labels = np.zeros(region.shape, dtype=np.uint8)
-                seed_labels[seeds[0][box]] = 1
-                seed_labels[seeds[1][box]] = 2
+                seed_labels[seeds[0]] = 1
+                seed_labels[seeds[1]] = 2
                 _, nearest = ndimage.distance_transform_edt(
                     seed_labels == 0, sampling=coarse_spacing, return_indices=True
                 )
@@ -367,7 +370,9 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
             a[tuple(index[xs > midline_x].T)] = True
             b[tuple(index[xs <= midline_x].T)] = True
             parts, method = (a, b), "one component cut at the body midline"
-    right_first = x_of(parts[0]) > x_of(parts[1]) if parts[1].any() and parts[0].any() else x_of(first) > midline_x
+    right_first = (
+        x_of(parts[0], 0) > x_of(parts[1], 0) if parts[1].any() and parts[0].any() else x_of(first, 0) > midline_x
+    )
     out[parts[0]] = RIGHT if right_first else LEFT
     out[parts[1]] = LEFT if right_first else RIGHT
     return out, method
@@ -399,10 +404,14 @@ def lung_anatomy(
     def to_full(index: np.ndarray) -> np.ndarray:
         return index * np.array(factors) + np.array(offsets)
 
-    def x_of(mask: np.ndarray | None, index: np.ndarray | None = None) -> Any:
-        index = np.argwhere(mask) if index is None else index
-        xs = to_full(index) @ affine[0, :3] + affine[0, 3]
-        return xs if mask is None else float(xs.mean())
+    def x_of(mask: np.ndarray | None, offset: Any) -> Any:
+        """Mean world x of a coarse mask lying at ``offset`` (the coordinates are linear: x of the mean index);
+        ``x_of(None, index)``: the world x of each coarse voxel index."""
+        if mask is None:
+            return to_full(offset) @ affine[0, :3] + affine[0, 3]
+        counts = [mask.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+        mean = np.array([np.dot(np.arange(len(c)), c) / c.sum() for c in counts]) + offset
+        return float(to_full(mean) @ affine[0, :3] + affine[0, 3])
 
     lungs = thorax.coarse_lungs.copy()
     airway_world = [carina[None]] if carina is not None else []
@@ -410,7 +419,16 @@ def lung_anatomy(
         full = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
         coarse = np.minimum(full // np.array(factors), np.array(lungs.shape) - 1)
         lungs[tuple(np.clip(coarse, 0, None).T)] = False
-    regions, method = _split_lungs(lungs, coarse_spacing, x_of, midline_x)
+    # the lungs are split inside their bounding box (the coarse grid also holds the body and the air around it)
+    regions = np.zeros(lungs.shape, dtype=np.uint8)
+    box = mask_bounding_box(lungs)
+    if box is None:
+        method = "no lung found"
+    else:
+        start = np.array([s.start for s in box])
+        regions[box], method = _split_lungs(
+            lungs[box], coarse_spacing, lambda mask, offset: x_of(mask, start + offset), midline_x
+        )
 
     # the extent of each lung along world z, and whether the scan cuts it at the top or the bottom
     ax = axial_axis(affine)
@@ -427,29 +445,33 @@ def lung_anatomy(
     # the tissue around the lungs (the tumour left out: it is neither)
     tissue = (_sample(np.asarray(image_hu), factors) > BODY_MIN_HU) & (regions == 0)
     if tumour is not None:
-        tissue &= ~(_sample(np.asarray(tumour) != 0, factors))
+        tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
     lr = left_right_axis(affine)
     length = regions.shape[lr]
-    index = np.arange(length).reshape([-1 if a == lr else 1 for a in range(3)])
     lung = regions > 0
-    before = np.maximum.accumulate(np.where(lung, index, -1), axis=lr)
-    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, index, length), lr), axis=lr), lr)
-    label_before = np.where(before >= 0, np.take_along_axis(regions, np.clip(before, 0, length - 1), axis=lr), 0)
-    label_after = np.where(after < length, np.take_along_axis(regions, np.clip(after, 0, length - 1), axis=lr), 0)
+    # each lung voxel coded as 4 x its index along the line + its lung (1 or 2): the running maximum (minimum)
+    # of the codes carries the nearest lung voxel before (after) each voxel and which lung it belongs to
+    coded = np.arange(0, 4 * length, 4, dtype=np.int32).reshape([-1 if a == lr else 1 for a in range(3)]) + regions
+    before = np.maximum.accumulate(np.where(lung, coded, -1), axis=lr)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, coded, 4 * length), lr), axis=lr), lr)
+    label_before = np.where(before >= 0, before & 3, 0)
+    label_after = np.where(after < 4 * length, after & 3, 0)
     between = (label_before > 0) & (label_after > 0) & (label_before != label_after)
     # under a lung's base: the lowest lung voxel above, on the craniocaudal line, lies in the lower third of
     # its lung, and the scan reaches below that lung (otherwise a lung's overhang is no diaphragm)
     superior_first = plane_z[0] > plane_z[-1]
     flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
-    steps = np.arange(last + 1).reshape([-1 if a == ax else 1 for a in range(3)])
-    base = np.maximum.accumulate(np.where(flip(lung), steps, -1), axis=ax)  # superior-first order
-    base_label = np.where(base >= 0, np.take_along_axis(flip(regions), np.clip(base, 0, None), axis=ax), 0)
-    base_z = (plane_z if superior_first else plane_z[::-1])[np.clip(base, 0, None)]
+    steps = np.arange(0, 4 * (last + 1), 4, dtype=np.int32).reshape([-1 if a == ax else 1 for a in range(3)])
+    base = np.maximum.accumulate(np.where(flip(lung), steps + flip(regions), -1), axis=ax)  # superior-first order
+    base_label = np.where(base >= 0, base & 3, 0)
+    base_step = np.maximum(base >> 2, 0)
+    step_z = plane_z if superior_first else plane_z[::-1]
     under_base = np.zeros(regions.shape, dtype=bool)
     for name, label in (("right", RIGHT), ("left", LEFT)):
         if name in extent and not extent[name][3]:
             top, bottom = extent[name][:2]
-            under_base |= (base_label == label) & (base_z <= top - 2 * (top - bottom) / 3)
+            low_enough = step_z <= top - 2 * (top - bottom) / 3  # per slice: in the lung's lower third
+            under_base |= (base_label == label) & low_enough[base_step]
     under_base = flip(under_base)
     regions[tissue & between] = MEDIASTINUM
     regions[tissue & ~between & under_base] = DIAPHRAGM

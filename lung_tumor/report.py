@@ -199,7 +199,7 @@ def _contacts(
     row_lungs = thorax.lungs(row_box)
     lungs_box = row_lungs[tuple(box[a] if a == lr_axis else slice(None) for a in range(3))]
     dilated = ndimage.binary_dilation(lesion_box, iterations=CONTACT_DILATION_VOXELS)
-    tissue = dilated & ~all_lesions[box] & ~lungs_box & (image_hu[box] > BODY_MIN_HU)
+    tissue = dilated & (all_lesions[box] == 0) & ~lungs_box & (image_hu[box] > BODY_MIN_HU)
     if tissue.sum() < MIN_CONTACT_VOXELS:
         return False, False
     # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either
@@ -250,7 +250,7 @@ def tumour_report(
         ValueError: the mask is not 3D, the affine not 4x4, the CT's or the probability's shape differs from
             the mask's, or the slice thickness is not positive.
     """
-    mask = np.asarray(mask) != 0
+    mask = np.asarray(mask)  # any dtype: compared with 0 box by box, never as a whole-CT copy
     affine = np.asarray(affine, dtype=float)
     if mask.ndim != 3 or affine.shape != (4, 4):
         raise ValueError(f"need a 3D mask and a 4x4 affine, got {mask.shape} and {affine.shape}")
@@ -268,7 +268,7 @@ def tumour_report(
     margin = CONTACT_DILATION_VOXELS + 1
     # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
     outer = mask_bounding_box(mask, margin) or (slice(0, 1),) * 3  # an empty mask: one empty voxel
-    labels, count = label_lesions(mask[outer])
+    labels, count = label_lesions(mask[outer] != 0)
 
     contact_note = None
     if image_hu is None:

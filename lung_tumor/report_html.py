@@ -35,9 +35,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
-from lung_tumor.report import label_in_bounding_box
+from lung_tumor.report import mask_bounding_box
 from lung_tumor.visualize import (
     DISPLAY_AXCODES,
     DPI,
@@ -104,11 +105,57 @@ def _square_box(x0: float, x1: float, y0: float, y1: float, margin: float) -> tu
     return cx - half, cx + half, cy - half, cy + half
 
 
+class _LesionMask:
+    """One lesion's mask in the displayed voxel order, kept as a crop of the displayed grid (no full-size copy).
+
+    Args:
+        crop: the mask on the displayed voxels of ``box``.
+        box: where ``crop`` lies in the displayed array.
+        shape: the displayed array's shape.
+    """
+
+    def __init__(self, crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> None:
+        self.crop, self.box, self.shape = np.asarray(crop, dtype=bool), box, tuple(shape)
+
+    @classmethod
+    def whole(cls, mask: np.ndarray) -> _LesionMask:
+        return cls(mask, tuple(slice(0, n) for n in np.shape(mask)), np.shape(mask))
+
+    def _place(self, part: np.ndarray, axes: tuple[int, ...], dtype: Any = bool) -> np.ndarray:
+        """``part`` (a reduction of the crop keeping ``axes``) on the whole displayed grid of those axes."""
+        whole = np.zeros([self.shape[a] for a in axes], dtype=dtype)
+        whole[tuple(self.box[a] for a in axes)] = part
+        return whole
+
+    def axial(self, k: int) -> np.ndarray:
+        """The (row, column) section on displayed slice ``k``."""
+        start, stop = self.box[2].start, self.box[2].stop
+        if not start <= k < stop:
+            return np.zeros(self.shape[:2], dtype=bool)
+        return self._place(self.crop[:, :, k - start], (0, 1))
+
+    def coronal(self, row: int) -> np.ndarray:
+        """The (column, slice) section on displayed row ``row``."""
+        start, stop = self.box[0].start, self.box[0].stop
+        if not start <= row < stop:
+            return np.zeros(self.shape[1:], dtype=bool)
+        return self._place(self.crop[row - start], (1, 2))
+
+    def any_along(self, axis: int) -> np.ndarray:
+        """Whether any voxel is set along ``axis``: the projection on the two other axes."""
+        return self._place(self.crop.any(axis=axis), tuple(a for a in range(3) if a != axis))
+
+    def row_counts(self) -> np.ndarray:
+        """Voxels per displayed row."""
+        return self._place(self.crop.sum(axis=(1, 2)), (0,), dtype=np.int64)
+
+
 def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "lesion") -> Figure:
     """Axial slice with contour and calipers, and coronal slice, of one lesion of the report.
 
     Args:
-        volume: the displayed CT with the mask of this lesion alone as ``masks["lesion"]``.
+        volume: the displayed CT with the mask of this lesion alone as ``masks["lesion"]`` (the whole displayed
+            grid, or a :class:`_LesionMask` crop of it).
         lesion: the lesion's entry in the report.
         name: the mask's key in ``volume.masks``.
 
@@ -116,6 +163,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
         The figure; its axial axes hold the calipers as lines labelled ``long axis`` and ``short axis``.
     """
     mask = volume.masks[name]
+    if not isinstance(mask, _LesionMask):
+        mask = _LesionMask.whole(mask)
     ends = display_pixels(volume, lesion["longest_axial_diameter_endpoints_lps_mm"])
     k = int(round(float(ends[:, 2].mean())))
     figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI)
@@ -123,8 +172,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
 
     # axial: the slice of the longest diameter, zoomed on the lesion's section
     volume.draw(axial, k)
-    section = mask[:, :, k]
-    rows, columns = np.nonzero(section if section.any() else mask.any(axis=2))
+    section = mask.axial(k)
+    rows, columns = np.nonzero(section if section.any() else mask.any_along(2))
     x, y = pixels_to_mm(volume, rows, columns)
     half_column, half_row = volume.column_mm / 2, volume.row_mm / 2
     box = _square_box(x.min() - half_column, x.max() + half_column, y.min() - half_row, y.max() + half_row, 15.0)
@@ -148,8 +197,10 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     # coronal: through the lesion's centroid, superior up, for its craniocaudal extent
     centroid = display_pixels(volume, lesion["centroid_lps_mm"])[0]
     row = int(np.clip(round(float(centroid[0])), 0, volume.image.shape[0] - 1))
-    if not mask[row].any():  # a curved lesion may miss its own centroid: take its fullest coronal row
-        row = int(np.argmax(mask.sum(axis=(1, 2))))
+    along_row = mask.coronal(row)
+    if not along_row.any():  # a curved lesion may miss its own centroid: take its fullest coronal row
+        row = int(np.argmax(mask.row_counts()))
+        along_row = mask.coronal(row)
     slice_mm = float(np.linalg.norm(volume.affine[:3, 2]))
     depth = volume.image.shape[2]
     lo = LUNG_WINDOW_LEVEL - LUNG_WINDOW_WIDTH / 2
@@ -166,9 +217,9 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     )
     cx = (np.arange(volume.image.shape[1]) + 0.5) * volume.column_mm
     cz = (np.arange(depth) + 0.5) * slice_mm
-    if mask[row].any():
-        coronal.contour(cx, cz, mask[row].T.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
-    columns, slices = np.nonzero(mask.any(axis=0))
+    if along_row.any():
+        coronal.contour(cx, cz, along_row.T.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
+    columns, slices = np.nonzero(mask.any_along(0))
     zbox = _square_box(
         columns.min() * volume.column_mm,
         (columns.max() + 1) * volume.column_mm,
@@ -210,6 +261,19 @@ def _displayed(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         nib.orientations.axcodes2ornt(DISPLAY_AXCODES),
     )
     return nib.orientations.apply_orientation(array, transform)
+
+
+def _displayed_box(box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where the voxels of ``box`` (of an array of ``shape`` on ``affine``'s grid) lie in the displayed array."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(np.asarray(affine, dtype=float)),
+        nib.orientations.axcodes2ornt(DISPLAY_AXCODES),
+    )
+    shown: list[slice] = [slice(0, 0)] * 3
+    for axis, (target, flip) in enumerate(transform):
+        start, stop = box[axis].start, box[axis].stop
+        shown[int(target)] = slice(shape[axis] - stop, shape[axis] - start) if flip < 0 else slice(start, stop)
+    return tuple(shown)
 
 
 def _png_data_uri(figure: Figure) -> str:
@@ -427,13 +491,16 @@ def write_report_html(
     """
     pictures: dict[int, str] = {}
     numbers = pictured_lesions(report)
-    if numbers:
-        labels, _ = label_in_bounding_box(np.asarray(mask) != 0)
+    outer = mask_bounding_box(mask) if numbers else None
+    if outer is not None:
+        # lesions labelled in the mask's bounding box only: no full-size label map
+        labels, _ = label_lesions(np.asarray(mask[outer]) != 0)
         boxes = ndimage.find_objects(labels)
         # the report numbers lesions by volume; its centroid (voxel indices) names the component exactly
         centroids = np.array(
             [
-                np.argwhere(labels[box] == index).mean(axis=0) + [s.start for s in box]
+                np.argwhere(labels[box] == index).mean(axis=0)
+                + [s.start + o.start for s, o in zip(box, outer, strict=True)]
                 for index, box in enumerate(boxes, 1)
             ]
         )
@@ -441,9 +508,11 @@ def write_report_html(
         for number in numbers:
             lesion = next(item for item in report["lesions"] if item["lesion"] == number)
             index = int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
-            alone = np.zeros(labels.shape, dtype=bool)
-            alone[boxes[index]] = labels[boxes[index]] == index + 1
-            volume.masks["lesion"] = _displayed(alone, affine)
+            box = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(boxes[index], outer, strict=True))
+            alone = labels[boxes[index]] == index + 1
+            volume.masks["lesion"] = _LesionMask(
+                _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
+            )
             pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
     page = report_html(report, pictures, title)
     return write_atomic(path, lambda f: f.write(page))
