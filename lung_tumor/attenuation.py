@@ -33,13 +33,17 @@ def _filled(lesion: np.ndarray, axis: int) -> np.ndarray:
     return filled
 
 
-def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+def lesion_attenuation(
+    lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, longest_axial_mm: float | None = None
+) -> dict[str, Any]:
     """Attenuation findings of one lesion.
 
     Args:
         lesion: binary mask of one lesion in a crop with at least one voxel of margin.
         image_hu: the CT in HU on the same crop.
         affine: the image's affine (voxel volume and in-plane geometry).
+        longest_axial_mm: the lesion's longest axial diameter when already measured
+            (:func:`~lung_tumor.measurements.axial_calipers`); measured here when not given.
 
     Returns:
         ``hu_mean``, ``hu_sd``, ``hu_percentiles`` (``p5`` ... ``p95``), ``solid_volume_ml``,
@@ -62,7 +66,9 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
     calcification_ml = int((inside & (hu > CALCIFICATION_MIN_HU)).sum()) * voxel_ml
     solid_calipers = axial_calipers(solid, affine)
     solid_mm = solid_calipers["long_mm"] if solid_calipers else 0.0
-    whole = axial_calipers(lesion, affine)
+    if longest_axial_mm is None:
+        whole = axial_calipers(lesion, affine)
+        longest_axial_mm = whole["long_mm"] if whole else 0.0
     # the kind is read from the interior: the rim's partial volume makes any solid lesion look ground-glass there
     interior = ndimage.binary_erosion(lesion)
     if not interior.any():
@@ -84,7 +90,7 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
         "solid_volume_ml": int(solid.sum()) * voxel_ml,
         "ground_glass_volume_ml": int(ground_glass.sum()) * voxel_ml,
         "solid_longest_axial_diameter_mm": float(solid_mm),
-        "consolidation_tumour_ratio": float(solid_mm / whole["long_mm"]) if whole and whole["long_mm"] else 0.0,
+        "consolidation_tumour_ratio": float(solid_mm / longest_axial_mm) if longest_axial_mm else 0.0,
         "cavity_volume_ml": cavity_ml,
         "calcification_volume_ml": calcification_ml,
         "kind": kind,

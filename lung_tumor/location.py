@@ -163,7 +163,9 @@ class LungAnatomy:
         keep = (crop == RIGHT) | (crop == LEFT) if lungs else crop >= MEDIASTINUM
         crop = np.where(keep, crop, 0)
         if crop.any() and not keep.all():
-            _, nearest = ndimage.distance_transform_edt(~keep, sampling=np.array(self.factors), return_indices=True)
+            nearest = ndimage.distance_transform_edt(
+                ~keep, sampling=np.array(self.factors), return_distances=False, return_indices=True
+            )
             crop = crop[tuple(nearest)]
         return crop[np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))]
 
@@ -354,8 +356,8 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
                 seed_labels = np.zeros(region.shape, dtype=np.uint8)
                 seed_labels[seeds[0]] = 1
                 seed_labels[seeds[1]] = 2
-                _, nearest = ndimage.distance_transform_edt(
-                    seed_labels == 0, sampling=coarse_spacing, return_indices=True
+                nearest = ndimage.distance_transform_edt(
+                    seed_labels == 0, sampling=coarse_spacing, return_distances=False, return_indices=True
                 )
                 nearest_label = seed_labels[tuple(nearest)] * region
                 parts = tuple(np.zeros(lungs.shape, dtype=bool) for _ in range(2))
@@ -538,7 +540,9 @@ def lesion_location(
         structure = tissue & (regions == label)
         finding = {"contact": False, "gap_mm": None, "contact_length_mm": 0.0}
         if structure.any():
-            _, nearest = ndimage.distance_transform_edt(~structure, sampling=spacing, return_indices=True)
+            nearest = ndimage.distance_transform_edt(
+                ~structure, sampling=spacing, return_distances=False, return_indices=True
+            )
             steps = nearest[(slice(None), *points.T)].T - points
             gaps = _box_gap(steps.astype(float), spacing)
             gap = float(gaps.min())

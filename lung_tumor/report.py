@@ -323,7 +323,11 @@ def tumour_report(
                 "touches_chest_wall": touches_wall,
                 "touches_mediastinum": touches_mediastinum,
                 "contact_note": contact_note,
-                "attenuation": None if image_hu is None else lesion_attenuation(lesion_box, image_hu[box], affine),
+                "attenuation": None
+                if image_hu is None
+                else lesion_attenuation(
+                    lesion_box, image_hu[box], affine, longest_axial_mm=calipers["longest_axial_diameter_mm"]
+                ),
                 "probability_mean": None if inside is None else float(inside.mean()),
                 "probability_max": None if inside is None else float(inside.max()),
                 "flags": reliability_flags(
