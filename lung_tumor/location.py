@@ -448,36 +448,7 @@ def lung_anatomy(
     tissue = (_sample(np.asarray(image_hu), factors) > BODY_MIN_HU) & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
-    lr = left_right_axis(affine)
-    length = regions.shape[lr]
-    lung = regions > 0
-    # each lung voxel coded as 4 x its index along the line + its lung (1 or 2): the running maximum (minimum)
-    # of the codes carries the nearest lung voxel before (after) each voxel and which lung it belongs to
-    coded = np.arange(0, 4 * length, 4, dtype=np.int32).reshape([-1 if a == lr else 1 for a in range(3)]) + regions
-    before = np.maximum.accumulate(np.where(lung, coded, -1), axis=lr)
-    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, coded, 4 * length), lr), axis=lr), lr)
-    label_before = np.where(before >= 0, before & 3, 0)
-    label_after = np.where(after < 4 * length, after & 3, 0)
-    between = (label_before > 0) & (label_after > 0) & (label_before != label_after)
-    # under a lung's base: the lowest lung voxel above, on the craniocaudal line, lies in the lower third of
-    # its lung, and the scan reaches below that lung (otherwise a lung's overhang is no diaphragm)
-    superior_first = plane_z[0] > plane_z[-1]
-    flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
-    steps = np.arange(0, 4 * (last + 1), 4, dtype=np.int32).reshape([-1 if a == ax else 1 for a in range(3)])
-    base = np.maximum.accumulate(np.where(flip(lung), steps + flip(regions), -1), axis=ax)  # superior-first order
-    base_label = np.where(base >= 0, base & 3, 0)
-    base_step = np.maximum(base >> 2, 0)
-    step_z = plane_z if superior_first else plane_z[::-1]
-    under_base = np.zeros(regions.shape, dtype=bool)
-    for name, label in (("right", RIGHT), ("left", LEFT)):
-        if name in extent and not extent[name][3]:
-            top, bottom = extent[name][:2]
-            low_enough = step_z <= top - 2 * (top - bottom) / 3  # per slice: in the lung's lower third
-            under_base |= (base_label == label) & low_enough[base_step]
-    under_base = flip(under_base)
-    regions[tissue & between] = MEDIASTINUM
-    regions[tissue & ~between & under_base] = DIAPHRAGM
-    regions[tissue & ~between & ~under_base] = CHEST_WALL
+    _tissue_regions(regions, tissue, plane_z, extent, left_right_axis(affine), ax)
 
     return LungAnatomy(
         affine=affine,
@@ -490,6 +461,64 @@ def lung_anatomy(
         bronchi_world=bronchi,
         lung_extent_z=extent,
     )
+
+
+def _tissue_regions(
+    regions: np.ndarray,
+    tissue: np.ndarray,
+    plane_z: np.ndarray,
+    extent: dict[str, tuple[float, float, bool, bool]],
+    lr: int,
+    ax: int,
+) -> None:
+    """Label the coarse ``tissue`` in ``regions`` (holding the two lungs) in place: mediastinum, diaphragm, chest wall.
+
+    Mediastinum where the nearest lung voxels along the left-right line belong to different lungs; diaphragm where
+    the lowest lung voxel above, on the craniocaudal line, lies in the lower third of its lung and the scan reaches
+    below that lung (otherwise a lung's overhang is no diaphragm); chest wall the rest. The line searches run in the
+    lungs' bounding box only: outside it no left-right line meets a lung, and below it each craniocaudal line keeps
+    the lowest lung voxel of the box's last slice.
+    """
+    box = mask_bounding_box(regions)
+    if box is None:
+        regions[tissue] = CHEST_WALL
+        return
+    crop = regions[box]
+    lung = crop > 0
+    length = crop.shape[lr]
+    # each lung voxel coded as 4 x its index along the line + its lung (1 or 2): the running maximum (minimum)
+    # of the codes carries the nearest lung voxel before (after) each voxel and which lung it belongs to
+    coded = np.arange(0, 4 * length, 4, dtype=np.int32).reshape([-1 if a == lr else 1 for a in range(3)]) + crop
+    before = np.maximum.accumulate(np.where(lung, coded, -1), axis=lr)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, coded, 4 * length), lr), axis=lr), lr)
+    label_before = np.where(before >= 0, before & 3, 0)
+    label_after = np.where(after < 4 * length, after & 3, 0)
+    between = (label_before > 0) & (label_after > 0) & (label_before != label_after)
+    superior_first = plane_z[0] > plane_z[-1]
+    flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
+    slices = crop.shape[ax]
+    steps = np.arange(0, 4 * slices, 4, dtype=np.int32).reshape([-1 if a == ax else 1 for a in range(3)])
+    base = np.maximum.accumulate(np.where(flip(lung), steps + flip(crop), -1), axis=ax)  # superior-first order
+    base_label = np.where(base >= 0, base & 3, 0)
+    base_step = np.maximum(base >> 2, 0)
+    step_z = plane_z[box[ax]] if superior_first else plane_z[box[ax]][::-1]
+    under_base = np.zeros(crop.shape, dtype=bool)
+    for name, label in (("right", RIGHT), ("left", LEFT)):
+        if name in extent and not extent[name][3]:
+            top, bottom = extent[name][:2]
+            low_enough = step_z <= top - 2 * (top - bottom) / 3  # per slice: in the lung's lower third
+            under_base |= (base_label == label) & low_enough[base_step]
+    lowest = np.take(under_base, [slices - 1], axis=ax)  # superior-first: the box's most inferior slice
+    under_base = flip(under_base)
+    crop_tissue = tissue[box]
+    regions[tissue] = CHEST_WALL
+    crop[crop_tissue & between] = MEDIASTINUM
+    crop[crop_tissue & ~between & under_base] = DIAPHRAGM
+    # below the box: the tissue under the lowest lung voxels of each craniocaudal line
+    n = regions.shape[ax]
+    below = slice(box[ax].stop, n) if superior_first else slice(0, box[ax].start)
+    slab = tuple(below if a == ax else box[a] for a in range(3))
+    regions[slab][tissue[slab] & lowest] = DIAPHRAGM
 
 
 def _third(fraction: float, names: tuple[str, str, str]) -> str:
