@@ -96,11 +96,12 @@ def _inside_hulls(torso: np.ndarray) -> np.ndarray:
     return (y >= lower[:, None, :] - tol) & (y <= upper[:, None, :])
 
 
-def _fill_holes_in_plane(mask: np.ndarray, axis: int, border: np.ndarray | None = None) -> np.ndarray:
-    """Fill the holes of each slice along ``axis``; ``border`` (the mask's shape) walls off the slice's edge.
+def fill_holes_in_plane(mask: np.ndarray, axis: int, border: np.ndarray | None = None) -> np.ndarray:
+    """Fill the holes of each slice along ``axis``, all slices at once; ``border`` (the mask's shape) walls off edges.
 
-    Without ``border``, what touches a slice's edge is outside, as in ``ndimage.binary_fill_holes``; with it,
-    the edge pixels where ``border`` is True enclose (a crop whose edge cuts through the lungs).
+    A hole is background not 4-connected to the slice's edge. Without ``border`` this is
+    ``ndimage.binary_fill_holes`` of each slice alone; with it, the edge pixels where ``border`` is True enclose
+    (a crop whose edge cuts through the lungs). ``mask`` is boolean.
     """
     moved = np.moveaxis(mask, axis, -1)
     edge = np.zeros_like(moved) if border is None else np.moveaxis(border, axis, -1)
@@ -180,7 +181,7 @@ class ThoraxMasks:
             return np.zeros([max(s.stop - s.start, 0) for s in box], dtype=bool)
         coarse, region = self._coarse(box)
         candidate = (np.asarray(self.image_hu[box]) < AIR_MAX_HU) & region
-        return _fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
+        return fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
 def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
@@ -202,5 +203,5 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     lungs = np.zeros(inside_air.shape, dtype=bool)
     box = mask_bounding_box(inside_air)  # nothing outside it: the same components and holes inside it
     if box is not None:
-        lungs[box] = _fill_holes_in_plane(_two_largest(inside_air[box]), -1)
+        lungs[box] = fill_holes_in_plane(_two_largest(inside_air[box]), -1)
     return ThoraxMasks(image_hu=image_hu, axial_axis=axis, factors=factors, coarse_lungs=np.moveaxis(lungs, -1, axis))
