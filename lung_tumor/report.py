@@ -117,11 +117,16 @@ def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]
     slow = hu.ndim - 1 if hu.flags.f_contiguous and not hu.flags.c_contiguous else 0
     step = max(1, (1 << 22) // max(1, hu.size // max(hu.shape[slow], 1)))  # about 4 M voxels a chunk
     counts = {i: np.zeros(hu.shape[i], dtype=np.int64) for i in axes}
+    # one buffer for every chunk, in the CT's memory order: a fresh 4 MB array per chunk costs page faults
+    shape = tuple(min(step, n) if a == slow else n for a, n in enumerate(hu.shape))
+    buffer = np.empty(shape, dtype=bool, order="F" if slow else "C")
     for start in range(0, hu.shape[slow], step):
         chunk = slice(start, start + step)
-        body = hu[(slice(None),) * slow + (chunk,)] > BODY_MIN_HU
+        part = hu[(slice(None),) * slow + (chunk,)]
+        body = np.greater(part, BODY_MIN_HU, out=buffer[(slice(None),) * slow + (slice(0, part.shape[slow]),)])
         for i in axes:
-            summed = body.sum(axis=tuple(a for a in range(hu.ndim) if a != i))
+            # bytes summed into int32 (a chunk holds < 2**31 voxels): several times faster than a bool sum
+            summed = body.view(np.uint8).sum(axis=tuple(a for a in range(hu.ndim) if a != i), dtype=np.int32)
             if i == slow:
                 counts[i][chunk] = summed
             else:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR = "#F0E442", "#56B4E9"
 FIGURE_SIZE_INCHES = (11.0, 5.2)  # 1100 x 520 pixels: axial and coronal side by side
 VIEW_MARGIN_MM = 20.0
+PNG_COMPRESS_LEVEL = 1
 
 
 def display_pixels(volume: _DisplayVolume, points_lps_mm: Any) -> np.ndarray:
@@ -278,7 +279,14 @@ def _displayed_box(box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int,
 
 def _png_data_uri(figure: Figure) -> str:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": marker("predict", "report")})
+    # zlib level 1: the same pixels, about a tenth larger, encoded several times faster than the default 6
+    figure.savefig(
+        buffer,
+        format="png",
+        dpi=DPI,
+        metadata={"Software": marker("predict", "report")},
+        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+    )
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
