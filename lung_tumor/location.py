@@ -445,7 +445,10 @@ def lung_anatomy(
             extent[name] = (float(ends.max()), float(ends.min()), cut.get(True, False), cut.get(False, False))
 
     # the tissue around the lungs (the tumour left out: it is neither)
-    tissue = (_sample(np.asarray(image_hu), factors) > BODY_MIN_HU) & (regions == 0)
+    body = thorax.coarse_body
+    if body is None or body.shape != regions.shape:
+        body = _sample(np.asarray(image_hu), factors) > BODY_MIN_HU
+    tissue = body & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
     _tissue_regions(regions, tissue, plane_z, extent, left_right_axis(affine), ax)

@@ -38,7 +38,6 @@ from scipy import ndimage
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
-from lung_tumor.report import mask_bounding_box
 from lung_tumor.visualize import (
     DISPLAY_AXCODES,
     DPI,
@@ -479,6 +478,28 @@ def report_html(report: dict[str, Any], pictures: dict[int, str], title: str = "
     return "\n".join(parts) + "\n"
 
 
+def _lesion_alone(mask: np.ndarray, affine: np.ndarray, lesion: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """One lesion of the report found again in ``mask``: its bounding box and its mask there.
+
+    Every voxel of the lesion lies within its greatest 3D diameter of its centroid, so the components are labelled
+    in that box around the centroid only (the lesion is whole in it); the lesion is the component whose centroid
+    is the report's ``centroid_voxel`` (the report numbers lesions by volume).
+    """
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    reach = int(np.ceil(lesion["greatest_3d_diameter_mm"] / np.linalg.svd(linear, compute_uv=False).min())) + 1
+    centre = np.rint(lesion["centroid_voxel"]).astype(int)
+    around = tuple(slice(max(c - reach, 0), min(c + reach + 1, n)) for c, n in zip(centre, np.shape(mask), strict=True))
+    labels, _ = label_lesions(np.asarray(mask[around]) != 0)
+    boxes = ndimage.find_objects(labels)
+    start = np.array([s.start for s in around])
+    centroids = np.array(
+        [np.argwhere(labels[b] == i).mean(axis=0) + [s.start for s in b] for i, b in enumerate(boxes, 1)]
+    )
+    index = int(np.argmin(np.linalg.norm(centroids + start - lesion["centroid_voxel"], axis=1)))
+    box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(boxes[index], start, strict=True))
+    return box, labels[boxes[index]] == index + 1
+
+
 def write_report_html(
     report: dict[str, Any],
     mask: np.ndarray,
@@ -499,29 +520,14 @@ def write_report_html(
     """
     pictures: dict[int, str] = {}
     numbers = pictured_lesions(report)
-    outer = mask_bounding_box(mask) if numbers else None
-    if outer is not None:
-        # lesions labelled in the mask's bounding box only: no full-size label map
-        labels, _ = label_lesions(np.asarray(mask[outer]) != 0)
-        boxes = ndimage.find_objects(labels)
-        # the report numbers lesions by volume; its centroid (voxel indices) names the component exactly
-        centroids = np.array(
-            [
-                np.argwhere(labels[box] == index).mean(axis=0)
-                + [s.start + o.start for s, o in zip(box, outer, strict=True)]
-                for index, box in enumerate(boxes, 1)
-            ]
+    volume = _DisplayVolume(image_hu, affine, {}) if numbers else None
+    for number in numbers:
+        lesion = next(item for item in report["lesions"] if item["lesion"] == number)
+        box, alone = _lesion_alone(mask, affine, lesion)
+        volume.masks["lesion"] = _LesionMask(
+            _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
         )
-        volume = _DisplayVolume(image_hu, affine, {})
-        for number in numbers:
-            lesion = next(item for item in report["lesions"] if item["lesion"] == number)
-            index = int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
-            box = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(boxes[index], outer, strict=True))
-            alone = labels[boxes[index]] == index + 1
-            volume.masks["lesion"] = _LesionMask(
-                _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
-            )
-            pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
+        pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
     page = report_html(report, pictures, title)
     return write_atomic(path, lambda f: f.write(page))
 

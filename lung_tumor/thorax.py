@@ -136,12 +136,15 @@ class ThoraxMasks:
         axial_axis: the voxel axis most aligned with world z.
         factors: the coarse grid's step along each voxel axis.
         coarse_lungs: the lungs on the coarse grid (holes filled), the CT's axis order.
+        coarse_body: the coarse voxels above -500 HU (soft tissue and bone), the CT's axis order, when known
+            (:mod:`lung_tumor.location` labels the tissue around the lungs on them).
     """
 
     image_hu: np.ndarray
     axial_axis: int
     factors: tuple[int, int, int]
     coarse_lungs: np.ndarray
+    coarse_body: np.ndarray | None = None
 
     def _coarse(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The coarse lungs, and them grown by one coarse voxel, on the full-resolution voxels of ``box``."""
@@ -198,10 +201,17 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     axis = axial_axis(affine)
     factors = coarse_factors(voxel_spacing(affine))
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
-    torso = _largest_per_slice(coarse > BODY_MIN_HU)
+    body = coarse > BODY_MIN_HU
+    torso = _largest_per_slice(body)
     inside_air = (coarse < AIR_MAX_HU) & _inside_hulls(torso)
     lungs = np.zeros(inside_air.shape, dtype=bool)
     box = mask_bounding_box(inside_air)  # nothing outside it: the same components and holes inside it
     if box is not None:
         lungs[box] = fill_holes_in_plane(_two_largest(inside_air[box]), -1)
-    return ThoraxMasks(image_hu=image_hu, axial_axis=axis, factors=factors, coarse_lungs=np.moveaxis(lungs, -1, axis))
+    return ThoraxMasks(
+        image_hu=image_hu,
+        axial_axis=axis,
+        factors=factors,
+        coarse_lungs=np.moveaxis(lungs, -1, axis),
+        coarse_body=np.moveaxis(body, -1, axis),
+    )
