@@ -5,7 +5,7 @@ with its label as the prediction, or ``--mask`` (a predicted mask of that CT, e.
 instead. The arrays are handed over as ``predict`` holds them: int16 CT and uint8 mask in the file's memory order
 (first axis fastest), a float32 probability map. Each step is what ``predict`` runs after writing the mask:
 ``tumour_report`` (the lungs found there, as without ``--lung-mask``), ``write_report`` (JSON and text) and
-``write_report_html``.
+``write_report_html``, after ``lung_tumor.inference`` is imported (as in ``predict``).
 
 "Before" is the package ``lung_tumor/`` at ``--before`` (a git revision, extracted with ``git archive``), "now" the
 working tree; each run is its own process, the two interleaved ``--repeats`` times (a change of load on a shared
@@ -59,6 +59,7 @@ def child(tree: Path, case: Path, mask_path: Path | None, out: Path) -> None:
     import tracemalloc
 
     sys.path.insert(0, str(tree))
+    import lung_tumor.inference  # noqa: F401  (predict has imported it: torch, MONAI, matplotlib, scipy)
     import lung_tumor.report as report
     import lung_tumor.report_html as report_html
     from lung_tumor.outputs import marker
