@@ -25,21 +25,23 @@ MIN_FINDING_MM3 = 4.0  # a cavity or calcification of at least a 2 mm sphere is 
 
 
 def _filled(lesion: np.ndarray, axis: int) -> np.ndarray:
-    """The lesion with its holes filled in 3D and on every axial slice."""
-    filled = ndimage.binary_fill_holes(lesion)
-    for k in np.flatnonzero(np.any(lesion, axis=tuple(a for a in range(3) if a != axis))):
-        index = (slice(None),) * axis + (k,)
-        filled[index] |= ndimage.binary_fill_holes(lesion[index])
-    return filled
+    """The lesion with its holes filled in 3D and on every axial slice (all slices at once)."""
+    from lung_tumor.thorax import fill_holes_in_plane  # thorax imports the report, which imports this module
+
+    return ndimage.binary_fill_holes(lesion) | fill_holes_in_plane(lesion, axis)
 
 
-def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+def lesion_attenuation(
+    lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, longest_axial_mm: float | None = None
+) -> dict[str, Any]:
     """Attenuation findings of one lesion.
 
     Args:
         lesion: binary mask of one lesion in a crop with at least one voxel of margin.
         image_hu: the CT in HU on the same crop.
         affine: the image's affine (voxel volume and in-plane geometry).
+        longest_axial_mm: the lesion's longest axial diameter when already measured
+            (:func:`~lung_tumor.measurements.axial_calipers`); measured here when not given.
 
     Returns:
         ``hu_mean``, ``hu_sd``, ``hu_percentiles`` (``p5`` ... ``p95``), ``solid_volume_ml``,
@@ -62,7 +64,9 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
     calcification_ml = int((inside & (hu > CALCIFICATION_MIN_HU)).sum()) * voxel_ml
     solid_calipers = axial_calipers(solid, affine)
     solid_mm = solid_calipers["long_mm"] if solid_calipers else 0.0
-    whole = axial_calipers(lesion, affine)
+    if longest_axial_mm is None:
+        whole = axial_calipers(lesion, affine)
+        longest_axial_mm = whole["long_mm"] if whole else 0.0
     # the kind is read from the interior: the rim's partial volume makes any solid lesion look ground-glass there
     interior = ndimage.binary_erosion(lesion)
     if not interior.any():
@@ -84,7 +88,7 @@ def lesion_attenuation(lesion: np.ndarray, image_hu: np.ndarray, affine: np.ndar
         "solid_volume_ml": int(solid.sum()) * voxel_ml,
         "ground_glass_volume_ml": int(ground_glass.sum()) * voxel_ml,
         "solid_longest_axial_diameter_mm": float(solid_mm),
-        "consolidation_tumour_ratio": float(solid_mm / whole["long_mm"]) if whole and whole["long_mm"] else 0.0,
+        "consolidation_tumour_ratio": float(solid_mm / longest_axial_mm) if longest_axial_mm else 0.0,
         "cavity_volume_ml": cavity_ml,
         "calcification_volume_ml": calcification_ml,
         "kind": kind,

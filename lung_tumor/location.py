@@ -36,7 +36,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import pdist
 
-from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, voxel_spacing
+from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, mask_bounding_box, voxel_spacing
 from lung_tumor.thorax import ThoraxMasks, _sample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
@@ -163,7 +163,9 @@ class LungAnatomy:
         keep = (crop == RIGHT) | (crop == LEFT) if lungs else crop >= MEDIASTINUM
         crop = np.where(keep, crop, 0)
         if crop.any() and not keep.all():
-            _, nearest = ndimage.distance_transform_edt(~keep, sampling=np.array(self.factors), return_indices=True)
+            nearest = ndimage.distance_transform_edt(
+                ~keep, sampling=np.array(self.factors), return_distances=False, return_indices=True
+            )
             crop = crop[tuple(nearest)]
         return crop[np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))]
 
@@ -316,7 +318,11 @@ def _track_airway(
 
 
 def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midline_x: float) -> tuple[np.ndarray, str]:
-    """Label the coarse lungs 1 (right) / 2 (left); see the module docstring."""
+    """Label the coarse lungs 1 (right) / 2 (left); see the module docstring.
+
+    ``x_of(mask, offset)`` is the mean world x of a mask lying at ``offset`` in ``lungs`` (``x_of(None, index)``:
+    the world x of each voxel index of ``lungs``).
+    """
     labels, count = ndimage.label(lungs, structure=np.ones((3, 3, 3)))
     out = np.zeros(lungs.shape, dtype=np.uint8)
     if count == 0:
@@ -325,8 +331,8 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
     order = np.argsort(sizes)[::-1] + 1
     first = labels == order[0]
 
-    def two_sides(a: np.ndarray, b: np.ndarray) -> bool:
-        return (x_of(a) - midline_x) * (x_of(b) - midline_x) < 0
+    def two_sides(a: np.ndarray, b: np.ndarray, offset: Any = 0) -> bool:
+        return (x_of(a, offset) - midline_x) * (x_of(b, offset) - midline_x) < 0
 
     parts, method = None, ""
     if count >= 2 and sizes[order[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sizes[order[0] - 1]:
@@ -335,6 +341,7 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
             parts, method = (first, second), "separate components"
     if parts is None:
         box = ndimage.find_objects(first.astype(np.uint8))[0]
+        start = np.array([s.start for s in box])
         region = first[box]
         eroded = region
         for erosions in range(1, MAX_SPLIT_EROSIONS + 1):
@@ -344,15 +351,13 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
                 continue
             sub_sizes = np.bincount(sub.ravel())[1:]
             top = np.argsort(sub_sizes)[::-1][:2] + 1
-            seeds = [np.zeros(lungs.shape, dtype=bool) for _ in range(2)]
-            for seed, label in zip(seeds, top, strict=True):
-                seed[box] = sub == label
-            if sub_sizes[top[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sub_sizes[top[0] - 1] and two_sides(*seeds):
+            seeds = [sub == label for label in top]  # in the box of the largest component
+            if sub_sizes[top[1] - 1] >= SECOND_LUNG_MIN_FRACTION * sub_sizes[top[0] - 1] and two_sides(*seeds, start):
                 seed_labels = np.zeros(region.shape, dtype=np.uint8)
-                seed_labels[seeds[0][box]] = 1
-                seed_labels[seeds[1][box]] = 2
-                _, nearest = ndimage.distance_transform_edt(
-                    seed_labels == 0, sampling=coarse_spacing, return_indices=True
+                seed_labels[seeds[0]] = 1
+                seed_labels[seeds[1]] = 2
+                nearest = ndimage.distance_transform_edt(
+                    seed_labels == 0, sampling=coarse_spacing, return_distances=False, return_indices=True
                 )
                 nearest_label = seed_labels[tuple(nearest)] * region
                 parts = tuple(np.zeros(lungs.shape, dtype=bool) for _ in range(2))
@@ -367,7 +372,9 @@ def _split_lungs(lungs: np.ndarray, coarse_spacing: np.ndarray, x_of: Any, midli
             a[tuple(index[xs > midline_x].T)] = True
             b[tuple(index[xs <= midline_x].T)] = True
             parts, method = (a, b), "one component cut at the body midline"
-    right_first = x_of(parts[0]) > x_of(parts[1]) if parts[1].any() and parts[0].any() else x_of(first) > midline_x
+    right_first = (
+        x_of(parts[0], 0) > x_of(parts[1], 0) if parts[1].any() and parts[0].any() else x_of(first, 0) > midline_x
+    )
     out[parts[0]] = RIGHT if right_first else LEFT
     out[parts[1]] = LEFT if right_first else RIGHT
     return out, method
@@ -399,10 +406,14 @@ def lung_anatomy(
     def to_full(index: np.ndarray) -> np.ndarray:
         return index * np.array(factors) + np.array(offsets)
 
-    def x_of(mask: np.ndarray | None, index: np.ndarray | None = None) -> Any:
-        index = np.argwhere(mask) if index is None else index
-        xs = to_full(index) @ affine[0, :3] + affine[0, 3]
-        return xs if mask is None else float(xs.mean())
+    def x_of(mask: np.ndarray | None, offset: Any) -> Any:
+        """Mean world x of a coarse mask lying at ``offset`` (the coordinates are linear: x of the mean index);
+        ``x_of(None, index)``: the world x of each coarse voxel index."""
+        if mask is None:
+            return to_full(offset) @ affine[0, :3] + affine[0, 3]
+        counts = [mask.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+        mean = np.array([np.dot(np.arange(len(c)), c) / c.sum() for c in counts]) + offset
+        return float(to_full(mean) @ affine[0, :3] + affine[0, 3])
 
     lungs = thorax.coarse_lungs.copy()
     airway_world = [carina[None]] if carina is not None else []
@@ -410,7 +421,16 @@ def lung_anatomy(
         full = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
         coarse = np.minimum(full // np.array(factors), np.array(lungs.shape) - 1)
         lungs[tuple(np.clip(coarse, 0, None).T)] = False
-    regions, method = _split_lungs(lungs, coarse_spacing, x_of, midline_x)
+    # the lungs are split inside their bounding box (the coarse grid also holds the body and the air around it)
+    regions = np.zeros(lungs.shape, dtype=np.uint8)
+    box = mask_bounding_box(lungs)
+    if box is None:
+        method = "no lung found"
+    else:
+        start = np.array([s.start for s in box])
+        regions[box], method = _split_lungs(
+            lungs[box], coarse_spacing, lambda mask, offset: x_of(mask, start + offset), midline_x
+        )
 
     # the extent of each lung along world z, and whether the scan cuts it at the top or the bottom
     ax = axial_axis(affine)
@@ -425,35 +445,13 @@ def lung_anatomy(
             extent[name] = (float(ends.max()), float(ends.min()), cut.get(True, False), cut.get(False, False))
 
     # the tissue around the lungs (the tumour left out: it is neither)
-    tissue = (_sample(np.asarray(image_hu), factors) > BODY_MIN_HU) & (regions == 0)
+    body = thorax.coarse_body
+    if body is None or body.shape != regions.shape:
+        body = _sample(np.asarray(image_hu), factors) > BODY_MIN_HU
+    tissue = body & (regions == 0)
     if tumour is not None:
-        tissue &= ~(_sample(np.asarray(tumour) != 0, factors))
-    lr = left_right_axis(affine)
-    length = regions.shape[lr]
-    index = np.arange(length).reshape([-1 if a == lr else 1 for a in range(3)])
-    lung = regions > 0
-    before = np.maximum.accumulate(np.where(lung, index, -1), axis=lr)
-    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, index, length), lr), axis=lr), lr)
-    label_before = np.where(before >= 0, np.take_along_axis(regions, np.clip(before, 0, length - 1), axis=lr), 0)
-    label_after = np.where(after < length, np.take_along_axis(regions, np.clip(after, 0, length - 1), axis=lr), 0)
-    between = (label_before > 0) & (label_after > 0) & (label_before != label_after)
-    # under a lung's base: the lowest lung voxel above, on the craniocaudal line, lies in the lower third of
-    # its lung, and the scan reaches below that lung (otherwise a lung's overhang is no diaphragm)
-    superior_first = plane_z[0] > plane_z[-1]
-    flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
-    steps = np.arange(last + 1).reshape([-1 if a == ax else 1 for a in range(3)])
-    base = np.maximum.accumulate(np.where(flip(lung), steps, -1), axis=ax)  # superior-first order
-    base_label = np.where(base >= 0, np.take_along_axis(flip(regions), np.clip(base, 0, None), axis=ax), 0)
-    base_z = (plane_z if superior_first else plane_z[::-1])[np.clip(base, 0, None)]
-    under_base = np.zeros(regions.shape, dtype=bool)
-    for name, label in (("right", RIGHT), ("left", LEFT)):
-        if name in extent and not extent[name][3]:
-            top, bottom = extent[name][:2]
-            under_base |= (base_label == label) & (base_z <= top - 2 * (top - bottom) / 3)
-    under_base = flip(under_base)
-    regions[tissue & between] = MEDIASTINUM
-    regions[tissue & ~between & under_base] = DIAPHRAGM
-    regions[tissue & ~between & ~under_base] = CHEST_WALL
+        tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
+    _tissue_regions(regions, tissue, plane_z, extent, left_right_axis(affine), ax)
 
     return LungAnatomy(
         affine=affine,
@@ -466,6 +464,64 @@ def lung_anatomy(
         bronchi_world=bronchi,
         lung_extent_z=extent,
     )
+
+
+def _tissue_regions(
+    regions: np.ndarray,
+    tissue: np.ndarray,
+    plane_z: np.ndarray,
+    extent: dict[str, tuple[float, float, bool, bool]],
+    lr: int,
+    ax: int,
+) -> None:
+    """Label the coarse ``tissue`` in ``regions`` (holding the two lungs) in place: mediastinum, diaphragm, chest wall.
+
+    Mediastinum where the nearest lung voxels along the left-right line belong to different lungs; diaphragm where
+    the lowest lung voxel above, on the craniocaudal line, lies in the lower third of its lung and the scan reaches
+    below that lung (otherwise a lung's overhang is no diaphragm); chest wall the rest. The line searches run in the
+    lungs' bounding box only: outside it no left-right line meets a lung, and below it each craniocaudal line keeps
+    the lowest lung voxel of the box's last slice.
+    """
+    box = mask_bounding_box(regions)
+    if box is None:
+        regions[tissue] = CHEST_WALL
+        return
+    crop = regions[box]
+    lung = crop > 0
+    length = crop.shape[lr]
+    # each lung voxel coded as 4 x its index along the line + its lung (1 or 2): the running maximum (minimum)
+    # of the codes carries the nearest lung voxel before (after) each voxel and which lung it belongs to
+    coded = np.arange(0, 4 * length, 4, dtype=np.int32).reshape([-1 if a == lr else 1 for a in range(3)]) + crop
+    before = np.maximum.accumulate(np.where(lung, coded, -1), axis=lr)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, coded, 4 * length), lr), axis=lr), lr)
+    label_before = np.where(before >= 0, before & 3, 0)
+    label_after = np.where(after < 4 * length, after & 3, 0)
+    between = (label_before > 0) & (label_after > 0) & (label_before != label_after)
+    superior_first = plane_z[0] > plane_z[-1]
+    flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
+    slices = crop.shape[ax]
+    steps = np.arange(0, 4 * slices, 4, dtype=np.int32).reshape([-1 if a == ax else 1 for a in range(3)])
+    base = np.maximum.accumulate(np.where(flip(lung), steps + flip(crop), -1), axis=ax)  # superior-first order
+    base_label = np.where(base >= 0, base & 3, 0)
+    base_step = np.maximum(base >> 2, 0)
+    step_z = plane_z[box[ax]] if superior_first else plane_z[box[ax]][::-1]
+    under_base = np.zeros(crop.shape, dtype=bool)
+    for name, label in (("right", RIGHT), ("left", LEFT)):
+        if name in extent and not extent[name][3]:
+            top, bottom = extent[name][:2]
+            low_enough = step_z <= top - 2 * (top - bottom) / 3  # per slice: in the lung's lower third
+            under_base |= (base_label == label) & low_enough[base_step]
+    lowest = np.take(under_base, [slices - 1], axis=ax)  # superior-first: the box's most inferior slice
+    under_base = flip(under_base)
+    crop_tissue = tissue[box]
+    regions[tissue] = CHEST_WALL
+    crop[crop_tissue & between] = MEDIASTINUM
+    crop[crop_tissue & ~between & under_base] = DIAPHRAGM
+    # below the box: the tissue under the lowest lung voxels of each craniocaudal line
+    n = regions.shape[ax]
+    below = slice(box[ax].stop, n) if superior_first else slice(0, box[ax].start)
+    slab = tuple(below if a == ax else box[a] for a in range(3))
+    regions[slab][tissue[slab] & lowest] = DIAPHRAGM
 
 
 def _third(fraction: float, names: tuple[str, str, str]) -> str:
@@ -516,7 +572,9 @@ def lesion_location(
         structure = tissue & (regions == label)
         finding = {"contact": False, "gap_mm": None, "contact_length_mm": 0.0}
         if structure.any():
-            _, nearest = ndimage.distance_transform_edt(~structure, sampling=spacing, return_indices=True)
+            nearest = ndimage.distance_transform_edt(
+                ~structure, sampling=spacing, return_distances=False, return_indices=True
+            )
             steps = nearest[(slice(None), *points.T)].T - points
             gaps = _box_gap(steps.astype(float), spacing)
             gap = float(gaps.min())

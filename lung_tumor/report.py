@@ -117,11 +117,16 @@ def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]
     slow = hu.ndim - 1 if hu.flags.f_contiguous and not hu.flags.c_contiguous else 0
     step = max(1, (1 << 22) // max(1, hu.size // max(hu.shape[slow], 1)))  # about 4 M voxels a chunk
     counts = {i: np.zeros(hu.shape[i], dtype=np.int64) for i in axes}
+    # one buffer for every chunk, in the CT's memory order: a fresh 4 MB array per chunk costs page faults
+    shape = tuple(min(step, n) if a == slow else n for a, n in enumerate(hu.shape))
+    buffer = np.empty(shape, dtype=bool, order="F" if slow else "C")
     for start in range(0, hu.shape[slow], step):
         chunk = slice(start, start + step)
-        body = hu[(slice(None),) * slow + (chunk,)] > BODY_MIN_HU
+        part = hu[(slice(None),) * slow + (chunk,)]
+        body = np.greater(part, BODY_MIN_HU, out=buffer[(slice(None),) * slow + (slice(0, part.shape[slow]),)])
         for i in axes:
-            summed = body.sum(axis=tuple(a for a in range(hu.ndim) if a != i))
+            # bytes summed into int32 (a chunk holds < 2**31 voxels): several times faster than a bool sum
+            summed = body.view(np.uint8).sum(axis=tuple(a for a in range(hu.ndim) if a != i), dtype=np.int32)
             if i == slow:
                 counts[i][chunk] = summed
             else:
@@ -199,7 +204,7 @@ def _contacts(
     row_lungs = thorax.lungs(row_box)
     lungs_box = row_lungs[tuple(box[a] if a == lr_axis else slice(None) for a in range(3))]
     dilated = ndimage.binary_dilation(lesion_box, iterations=CONTACT_DILATION_VOXELS)
-    tissue = dilated & ~all_lesions[box] & ~lungs_box & (image_hu[box] > BODY_MIN_HU)
+    tissue = dilated & (all_lesions[box] == 0) & ~lungs_box & (image_hu[box] > BODY_MIN_HU)
     if tissue.sum() < MIN_CONTACT_VOXELS:
         return False, False
     # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either
@@ -250,7 +255,7 @@ def tumour_report(
         ValueError: the mask is not 3D, the affine not 4x4, the CT's or the probability's shape differs from
             the mask's, or the slice thickness is not positive.
     """
-    mask = np.asarray(mask) != 0
+    mask = np.asarray(mask)  # any dtype: compared with 0 box by box, never as a whole-CT copy
     affine = np.asarray(affine, dtype=float)
     if mask.ndim != 3 or affine.shape != (4, 4):
         raise ValueError(f"need a 3D mask and a 4x4 affine, got {mask.shape} and {affine.shape}")
@@ -268,7 +273,7 @@ def tumour_report(
     margin = CONTACT_DILATION_VOXELS + 1
     # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
     outer = mask_bounding_box(mask, margin) or (slice(0, 1),) * 3  # an empty mask: one empty voxel
-    labels, count = label_lesions(mask[outer])
+    labels, count = label_lesions(mask[outer] != 0)
 
     contact_note = None
     if image_hu is None:
@@ -323,7 +328,11 @@ def tumour_report(
                 "touches_chest_wall": touches_wall,
                 "touches_mediastinum": touches_mediastinum,
                 "contact_note": contact_note,
-                "attenuation": None if image_hu is None else lesion_attenuation(lesion_box, image_hu[box], affine),
+                "attenuation": None
+                if image_hu is None
+                else lesion_attenuation(
+                    lesion_box, image_hu[box], affine, longest_axial_mm=calipers["longest_axial_diameter_mm"]
+                ),
                 "probability_mean": None if inside is None else float(inside.mean()),
                 "probability_max": None if inside is None else float(inside.max()),
                 "flags": reliability_flags(

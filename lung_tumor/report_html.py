@@ -35,9 +35,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
-from lung_tumor.report import label_in_bounding_box
 from lung_tumor.visualize import (
     DISPLAY_AXCODES,
     DPI,
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR = "#F0E442", "#56B4E9"
 FIGURE_SIZE_INCHES = (11.0, 5.2)  # 1100 x 520 pixels: axial and coronal side by side
 VIEW_MARGIN_MM = 20.0
+PNG_COMPRESS_LEVEL = 1
 
 
 def display_pixels(volume: _DisplayVolume, points_lps_mm: Any) -> np.ndarray:
@@ -104,11 +105,57 @@ def _square_box(x0: float, x1: float, y0: float, y1: float, margin: float) -> tu
     return cx - half, cx + half, cy - half, cy + half
 
 
+class _LesionMask:
+    """One lesion's mask in the displayed voxel order, kept as a crop of the displayed grid (no full-size copy).
+
+    Args:
+        crop: the mask on the displayed voxels of ``box``.
+        box: where ``crop`` lies in the displayed array.
+        shape: the displayed array's shape.
+    """
+
+    def __init__(self, crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> None:
+        self.crop, self.box, self.shape = np.asarray(crop, dtype=bool), box, tuple(shape)
+
+    @classmethod
+    def whole(cls, mask: np.ndarray) -> _LesionMask:
+        return cls(mask, tuple(slice(0, n) for n in np.shape(mask)), np.shape(mask))
+
+    def _place(self, part: np.ndarray, axes: tuple[int, ...], dtype: Any = bool) -> np.ndarray:
+        """``part`` (a reduction of the crop keeping ``axes``) on the whole displayed grid of those axes."""
+        whole = np.zeros([self.shape[a] for a in axes], dtype=dtype)
+        whole[tuple(self.box[a] for a in axes)] = part
+        return whole
+
+    def axial(self, k: int) -> np.ndarray:
+        """The (row, column) section on displayed slice ``k``."""
+        start, stop = self.box[2].start, self.box[2].stop
+        if not start <= k < stop:
+            return np.zeros(self.shape[:2], dtype=bool)
+        return self._place(self.crop[:, :, k - start], (0, 1))
+
+    def coronal(self, row: int) -> np.ndarray:
+        """The (column, slice) section on displayed row ``row``."""
+        start, stop = self.box[0].start, self.box[0].stop
+        if not start <= row < stop:
+            return np.zeros(self.shape[1:], dtype=bool)
+        return self._place(self.crop[row - start], (1, 2))
+
+    def any_along(self, axis: int) -> np.ndarray:
+        """Whether any voxel is set along ``axis``: the projection on the two other axes."""
+        return self._place(self.crop.any(axis=axis), tuple(a for a in range(3) if a != axis))
+
+    def row_counts(self) -> np.ndarray:
+        """Voxels per displayed row."""
+        return self._place(self.crop.sum(axis=(1, 2)), (0,), dtype=np.int64)
+
+
 def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "lesion") -> Figure:
     """Axial slice with contour and calipers, and coronal slice, of one lesion of the report.
 
     Args:
-        volume: the displayed CT with the mask of this lesion alone as ``masks["lesion"]``.
+        volume: the displayed CT with the mask of this lesion alone as ``masks["lesion"]`` (the whole displayed
+            grid, or a :class:`_LesionMask` crop of it).
         lesion: the lesion's entry in the report.
         name: the mask's key in ``volume.masks``.
 
@@ -116,6 +163,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
         The figure; its axial axes hold the calipers as lines labelled ``long axis`` and ``short axis``.
     """
     mask = volume.masks[name]
+    if not isinstance(mask, _LesionMask):
+        mask = _LesionMask.whole(mask)
     ends = display_pixels(volume, lesion["longest_axial_diameter_endpoints_lps_mm"])
     k = int(round(float(ends[:, 2].mean())))
     figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI)
@@ -123,8 +172,8 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
 
     # axial: the slice of the longest diameter, zoomed on the lesion's section
     volume.draw(axial, k)
-    section = mask[:, :, k]
-    rows, columns = np.nonzero(section if section.any() else mask.any(axis=2))
+    section = mask.axial(k)
+    rows, columns = np.nonzero(section if section.any() else mask.any_along(2))
     x, y = pixels_to_mm(volume, rows, columns)
     half_column, half_row = volume.column_mm / 2, volume.row_mm / 2
     box = _square_box(x.min() - half_column, x.max() + half_column, y.min() - half_row, y.max() + half_row, 15.0)
@@ -148,8 +197,10 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     # coronal: through the lesion's centroid, superior up, for its craniocaudal extent
     centroid = display_pixels(volume, lesion["centroid_lps_mm"])[0]
     row = int(np.clip(round(float(centroid[0])), 0, volume.image.shape[0] - 1))
-    if not mask[row].any():  # a curved lesion may miss its own centroid: take its fullest coronal row
-        row = int(np.argmax(mask.sum(axis=(1, 2))))
+    along_row = mask.coronal(row)
+    if not along_row.any():  # a curved lesion may miss its own centroid: take its fullest coronal row
+        row = int(np.argmax(mask.row_counts()))
+        along_row = mask.coronal(row)
     slice_mm = float(np.linalg.norm(volume.affine[:3, 2]))
     depth = volume.image.shape[2]
     lo = LUNG_WINDOW_LEVEL - LUNG_WINDOW_WIDTH / 2
@@ -166,9 +217,9 @@ def lesion_figure(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "l
     )
     cx = (np.arange(volume.image.shape[1]) + 0.5) * volume.column_mm
     cz = (np.arange(depth) + 0.5) * slice_mm
-    if mask[row].any():
-        coronal.contour(cx, cz, mask[row].T.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
-    columns, slices = np.nonzero(mask.any(axis=0))
+    if along_row.any():
+        coronal.contour(cx, cz, along_row.T.astype(np.float32), levels=[0.5], colors=[PREDICTION_COLOUR])
+    columns, slices = np.nonzero(mask.any_along(0))
     zbox = _square_box(
         columns.min() * volume.column_mm,
         (columns.max() + 1) * volume.column_mm,
@@ -212,9 +263,29 @@ def _displayed(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(array, transform)
 
 
+def _displayed_box(box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where the voxels of ``box`` (of an array of ``shape`` on ``affine``'s grid) lie in the displayed array."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(np.asarray(affine, dtype=float)),
+        nib.orientations.axcodes2ornt(DISPLAY_AXCODES),
+    )
+    shown: list[slice] = [slice(0, 0)] * 3
+    for axis, (target, flip) in enumerate(transform):
+        start, stop = box[axis].start, box[axis].stop
+        shown[int(target)] = slice(shape[axis] - stop, shape[axis] - start) if flip < 0 else slice(start, stop)
+    return tuple(shown)
+
+
 def _png_data_uri(figure: Figure) -> str:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": marker("predict", "report")})
+    # zlib level 1: the same pixels, about a tenth larger, encoded several times faster than the default 6
+    figure.savefig(
+        buffer,
+        format="png",
+        dpi=DPI,
+        metadata={"Software": marker("predict", "report")},
+        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+    )
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -407,6 +478,28 @@ def report_html(report: dict[str, Any], pictures: dict[int, str], title: str = "
     return "\n".join(parts) + "\n"
 
 
+def _lesion_alone(mask: np.ndarray, affine: np.ndarray, lesion: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """One lesion of the report found again in ``mask``: its bounding box and its mask there.
+
+    Every voxel of the lesion lies within its greatest 3D diameter of its centroid, so the components are labelled
+    in that box around the centroid only (the lesion is whole in it); the lesion is the component whose centroid
+    is the report's ``centroid_voxel`` (the report numbers lesions by volume).
+    """
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    reach = int(np.ceil(lesion["greatest_3d_diameter_mm"] / np.linalg.svd(linear, compute_uv=False).min())) + 1
+    centre = np.rint(lesion["centroid_voxel"]).astype(int)
+    around = tuple(slice(max(c - reach, 0), min(c + reach + 1, n)) for c, n in zip(centre, np.shape(mask), strict=True))
+    labels, _ = label_lesions(np.asarray(mask[around]) != 0)
+    boxes = ndimage.find_objects(labels)
+    start = np.array([s.start for s in around])
+    centroids = np.array(
+        [np.argwhere(labels[b] == i).mean(axis=0) + [s.start for s in b] for i, b in enumerate(boxes, 1)]
+    )
+    index = int(np.argmin(np.linalg.norm(centroids + start - lesion["centroid_voxel"], axis=1)))
+    box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(boxes[index], start, strict=True))
+    return box, labels[boxes[index]] == index + 1
+
+
 def write_report_html(
     report: dict[str, Any],
     mask: np.ndarray,
@@ -427,24 +520,14 @@ def write_report_html(
     """
     pictures: dict[int, str] = {}
     numbers = pictured_lesions(report)
-    if numbers:
-        labels, _ = label_in_bounding_box(np.asarray(mask) != 0)
-        boxes = ndimage.find_objects(labels)
-        # the report numbers lesions by volume; its centroid (voxel indices) names the component exactly
-        centroids = np.array(
-            [
-                np.argwhere(labels[box] == index).mean(axis=0) + [s.start for s in box]
-                for index, box in enumerate(boxes, 1)
-            ]
+    volume = _DisplayVolume(image_hu, affine, {}) if numbers else None
+    for number in numbers:
+        lesion = next(item for item in report["lesions"] if item["lesion"] == number)
+        box, alone = _lesion_alone(mask, affine, lesion)
+        volume.masks["lesion"] = _LesionMask(
+            _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
         )
-        volume = _DisplayVolume(image_hu, affine, {})
-        for number in numbers:
-            lesion = next(item for item in report["lesions"] if item["lesion"] == number)
-            index = int(np.argmin(np.linalg.norm(centroids - lesion["centroid_voxel"], axis=1)))
-            alone = np.zeros(labels.shape, dtype=bool)
-            alone[boxes[index]] = labels[boxes[index]] == index + 1
-            volume.masks["lesion"] = _displayed(alone, affine)
-            pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
+        pictures[number] = _png_data_uri(lesion_figure(volume, lesion))
     page = report_html(report, pictures, title)
     return write_atomic(path, lambda f: f.write(page))
 

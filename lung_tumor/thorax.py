@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from lung_tumor.evaluation.lesions import label_lesions
-from lung_tumor.report import AIR_MAX_HU, BODY_MIN_HU, axial_axis, voxel_spacing
+from lung_tumor.report import AIR_MAX_HU, BODY_MIN_HU, axial_axis, mask_bounding_box, voxel_spacing
 
 COARSE_MM = 3.0  # the coarse grid's voxel is at most this along each axis (no coarser than the scan)
 HULL_DIRECTIONS = 32  # sides of the polygon around each slice's torso (at most 0.5% wider than its hull)
@@ -48,17 +48,24 @@ def _sample(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
 
 
 def _largest_per_slice(tissue: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of each axial slice (axial axis last), all slices at once."""
-    labels, count = ndimage.label(tissue, structure=_IN_PLANE_CROSS)
+    """The largest 4-connected component of each axial slice (axial axis last), all slices at once.
+
+    The slices are labelled axial axis first, so the labels count up slice after slice (each slice's
+    components numbered in the same order as before within it): a label's slice follows from each slice's
+    highest label, with no search of the label map.
+    """
+    by_slice = np.ascontiguousarray(np.moveaxis(tissue, -1, 0))
+    labels, count = ndimage.label(by_slice, structure=np.moveaxis(_IN_PLANE_CROSS, -1, 0))
     if not count:
         return np.zeros_like(tissue)
     sizes = np.bincount(labels.ravel())[1:]
-    slices = np.array([box[2].start for box in ndimage.find_objects(labels)])
+    highest = np.maximum.accumulate(labels.reshape(len(labels), -1).max(axis=1))
+    slices = np.searchsorted(highest, np.arange(1, count + 1))
     order = np.lexsort((sizes, slices))  # by slice, then by size: the last of each slice is its largest
     last = order[np.r_[slices[order][1:] != slices[order][:-1], True]]
     keep = np.zeros(count + 1, dtype=bool)
     keep[last + 1] = True
-    return keep[labels]
+    return np.moveaxis(keep[labels], 0, -1)
 
 
 def _inside_hulls(torso: np.ndarray) -> np.ndarray:
@@ -89,11 +96,12 @@ def _inside_hulls(torso: np.ndarray) -> np.ndarray:
     return (y >= lower[:, None, :] - tol) & (y <= upper[:, None, :])
 
 
-def _fill_holes_in_plane(mask: np.ndarray, axis: int, border: np.ndarray | None = None) -> np.ndarray:
-    """Fill the holes of each slice along ``axis``; ``border`` (the mask's shape) walls off the slice's edge.
+def fill_holes_in_plane(mask: np.ndarray, axis: int, border: np.ndarray | None = None) -> np.ndarray:
+    """Fill the holes of each slice along ``axis``, all slices at once; ``border`` (the mask's shape) walls off edges.
 
-    Without ``border``, what touches a slice's edge is outside, as in ``ndimage.binary_fill_holes``; with it,
-    the edge pixels where ``border`` is True enclose (a crop whose edge cuts through the lungs).
+    A hole is background not 4-connected to the slice's edge. Without ``border`` this is
+    ``ndimage.binary_fill_holes`` of each slice alone; with it, the edge pixels where ``border`` is True enclose
+    (a crop whose edge cuts through the lungs). ``mask`` is boolean.
     """
     moved = np.moveaxis(mask, axis, -1)
     edge = np.zeros_like(moved) if border is None else np.moveaxis(border, axis, -1)
@@ -128,12 +136,15 @@ class ThoraxMasks:
         axial_axis: the voxel axis most aligned with world z.
         factors: the coarse grid's step along each voxel axis.
         coarse_lungs: the lungs on the coarse grid (holes filled), the CT's axis order.
+        coarse_body: the coarse voxels above -500 HU (soft tissue and bone), the CT's axis order, when known
+            (:mod:`lung_tumor.location` labels the tissue around the lungs on them).
     """
 
     image_hu: np.ndarray
     axial_axis: int
     factors: tuple[int, int, int]
     coarse_lungs: np.ndarray
+    coarse_body: np.ndarray | None = None
 
     def _coarse(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The coarse lungs, and them grown by one coarse voxel, on the full-resolution voxels of ``box``."""
@@ -173,7 +184,7 @@ class ThoraxMasks:
             return np.zeros([max(s.stop - s.start, 0) for s in box], dtype=bool)
         coarse, region = self._coarse(box)
         candidate = (np.asarray(self.image_hu[box]) < AIR_MAX_HU) & region
-        return _fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
+        return fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
 def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
@@ -190,7 +201,17 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     axis = axial_axis(affine)
     factors = coarse_factors(voxel_spacing(affine))
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
-    torso = _largest_per_slice(coarse > BODY_MIN_HU)
+    body = coarse > BODY_MIN_HU
+    torso = _largest_per_slice(body)
     inside_air = (coarse < AIR_MAX_HU) & _inside_hulls(torso)
-    lungs = _fill_holes_in_plane(_two_largest(inside_air), -1)
-    return ThoraxMasks(image_hu=image_hu, axial_axis=axis, factors=factors, coarse_lungs=np.moveaxis(lungs, -1, axis))
+    lungs = np.zeros(inside_air.shape, dtype=bool)
+    box = mask_bounding_box(inside_air)  # nothing outside it: the same components and holes inside it
+    if box is not None:
+        lungs[box] = fill_holes_in_plane(_two_largest(inside_air[box]), -1)
+    return ThoraxMasks(
+        image_hu=image_hu,
+        axial_axis=axis,
+        factors=factors,
+        coarse_lungs=np.moveaxis(lungs, -1, axis),
+        coarse_body=np.moveaxis(body, -1, axis),
+    )

@@ -60,7 +60,10 @@ class _DisplayVolume:
         transform = nib.orientations.ornt_transform(
             nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(DISPLAY_AXCODES)
         )
-        self.image = nib.orientations.apply_orientation(np.asarray(image_hu, dtype=np.float32), transform)
+        image = np.asarray(image_hu)
+        if not (np.issubdtype(image.dtype, np.integer) or image.dtype == np.float32):
+            image = image.astype(np.float32)  # integer HU are drawn as they are: no float copy of the whole CT
+        self.image = nib.orientations.apply_orientation(image, transform)
         self.masks = {
             name: None if m is None else nib.orientations.apply_orientation(np.asarray(m) != 0, transform)
             for name, m in masks.items()

@@ -1,19 +1,30 @@
-"""Benchmark the tumour report on a full-size synthetic CT (512 x 512 x 300, 3 lesions): before and after.
+"""Benchmark the tumour report as `lung-tumor predict` writes it (JSON, text, HTML page): before and after.
 
-"Before" is ``lung_tumor/report.py`` as of ``--old-ref`` (default 93c446a, the slice-by-slice lung mask),
-read with ``git show`` and run beside the current one on the same arrays in this process; "after" is the
-current ``tumour_report``, which finds the lungs once (``lung_tumor.thorax.thorax_masks``) and refines
-them around each lesion. Prints the median and spread of ``--repeats`` runs of each, the lungs alone, the
-load average (the figures scale with it on a shared machine) and whether both reports agree.
+The case is a full-size synthetic CT (512 x 512 x 300: case 3 of seed 0, three lesions, stretched to 300 slices)
+with its label as the prediction, or ``--mask`` (a predicted mask of that CT, e.g. from ``lung-tumor predict``)
+instead. The arrays are handed over as ``predict`` holds them: int16 CT and uint8 mask in the file's memory order
+(first axis fastest), a float32 probability map. Each step is what ``predict`` runs after writing the mask:
+``tumour_report`` (the lungs found there, as without ``--lung-mask``), ``write_report`` (JSON and text) and
+``write_report_html``, after ``lung_tumor.inference`` is imported (as in ``predict``).
 
-Usage: python scripts/bench_report.py [--work /tmp/lung_tumor_bench_report] [--repeats 3]
+"Before" is the package ``lung_tumor/`` at ``--before`` (a git revision, extracted with ``git archive``), "now" the
+working tree; each run is its own process, the two interleaved ``--repeats`` times (a change of load on a shared
+machine touches both alike). Printed: median and range of each step, the peak of the memory the report path
+allocates (tracemalloc, above what the process holds before it: the CT, mask and probabilities), the load average,
+and whether both write the same reports (JSON and text identical, the HTML page identical but for the PNG bytes,
+its pictures pixel for pixel).
+
+Usage: python scripts/bench_report.py [--before 016e825] [--repeats 3] [--mask PRED.nii.gz] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import base64
+import io
+import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,13 +35,14 @@ import numpy as np
 
 SHAPE = (512, 512, 300)
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+STEPS = ("tumour_report", "write_report", "write_report_html")
 
 
-def full_case(work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def full_case(work: Path) -> Path:
     """Synthetic case 3 (seed 0: a pleural, a mediastinal and a pleural tumour) stretched to 300 slices."""
     cached = work / "lung_003_300.npz"
     if not cached.is_file():
+        sys.path.insert(0, str(REPO))
         from lung_tumor.data.synth import synthesize_case
 
         case = synthesize_case(3, seed=0, size="full", with_tumour=True)
@@ -39,70 +51,131 @@ def full_case(work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         affine[:3, 2] *= (case.image.shape[2] - 1) / (SHAPE[2] - 1)
         work.mkdir(parents=True, exist_ok=True)
         np.savez(cached, image=case.image[..., index], label=case.label[..., index], affine=affine)
-    data = np.load(cached)
-    return np.ascontiguousarray(data["image"]), np.ascontiguousarray(data["label"]), data["affine"]
+    return cached
 
 
-def old_report_module(ref: str, work: Path):  # noqa: ANN201 (a module)
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{ref}:lung_tumor/report.py"], capture_output=True, text=True, check=True
-    ).stdout
-    path = work / f"report_{ref}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"report_{ref}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def child(tree: Path, case: Path, mask_path: Path | None, out: Path) -> None:
+    """One process: time the report steps of the package in ``tree`` once, then trace their memory once."""
+    import tracemalloc
+
+    sys.path.insert(0, str(tree))
+    import lung_tumor.inference  # noqa: F401  (predict has imported it: torch, MONAI, matplotlib, scipy)
+    import lung_tumor.report as report
+    import lung_tumor.report_html as report_html
+    from lung_tumor.outputs import marker
+
+    data = np.load(case)
+    image = np.asfortranarray(data["image"])
+    affine = data["affine"]
+    if mask_path is None:
+        mask = np.asfortranarray(data["label"], dtype=np.uint8)
+    else:
+        import nibabel as nib
+
+        mask = np.asfortranarray(np.asarray(nib.load(mask_path).dataobj), dtype=np.uint8)
+    probability = np.asfortranarray(mask, dtype=np.float32)
+    probability *= 0.9
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run() -> list[float]:
+        times = [time.perf_counter()]
+        spread = {
+            "generator": marker("predict"),
+            **report.tumour_report(mask, affine, image, probability=probability),
+            "provenance": None,
+            "source": "lung_003_300",
+        }
+        times.append(time.perf_counter())
+        report.write_report(spread, out / "case_report.json", out / "case_report.txt")
+        times.append(time.perf_counter())
+        report_html.write_report_html(spread, mask, image, affine, out / "case_report.html", "case")
+        times.append(time.perf_counter())
+        return list(np.diff(times))
+
+    seconds = run()
+    tracemalloc.start()
+    run()
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    print(json.dumps({"seconds": seconds, "peak_mb": peak}))
 
 
-def timed(function, repeats: int) -> tuple[list[float], object]:  # noqa: ANN001
-    seconds, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        seconds.append(time.perf_counter() - start)
-    return seconds, result
+def pictures(page: str) -> list[np.ndarray]:
+    from PIL import Image
+
+    found = []
+    for data in re.findall(r"data:image/png;base64,([^\"]+)\"", page):
+        with Image.open(io.BytesIO(base64.b64decode(data))) as picture:
+            found.append(np.asarray(picture))
+    return found
+
+
+def same_reports(a: Path, b: Path) -> str:
+    json_same = json.loads((a / "case_report.json").read_text()) == json.loads((b / "case_report.json").read_text())
+    text_same = (a / "case_report.txt").read_text() == (b / "case_report.txt").read_text()
+    page_a, page_b = ((d / "case_report.html").read_text() for d in (a, b))
+
+    def strip(page: str) -> str:
+        return re.sub(r"data:image/png;base64,[^\"]+", "", page)
+
+    shown_a, shown_b = pictures(page_a), pictures(page_b)
+    same_pixels = len(shown_a) == len(shown_b) and all(
+        np.array_equal(x, y) for x, y in zip(shown_a, shown_b, strict=False)
+    )
+    return (
+        f"JSON identical: {json_same}; text identical: {text_same}; HTML identical but for the PNG bytes: "
+        f"{strip(page_a) == strip(page_b)}; {len(shown_a)} picture(s), pixel for pixel identical: {same_pixels}; "
+        f"page {len(page_a) / 1024:.0f} KB before, {len(page_b) / 1024:.0f} KB now"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/lung_tumor_bench_report"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--old-ref", default="93c446a")
+    parser.add_argument("--before", default="016e825", help="git revision of the 'before' package")
+    parser.add_argument("--mask", type=Path, default=None, help="a predicted mask of the case's CT (NIfTI)")
+    parser.add_argument("--child", nargs=2, type=Path, default=None, metavar=("TREE", "OUT"), help="internal")
     args = parser.parse_args()
-    from lung_tumor.report import tumour_report
-    from lung_tumor.thorax import thorax_masks
-
-    image, label, affine = full_case(args.work)
-    old = old_report_module(args.old_ref, args.work)
-    label_f, image_f = np.asfortranarray(label), np.asfortranarray(image)
-    print(f"tumour report on a {'x'.join(map(str, image.shape))} int16 CT, {label.max()} label, 3 lesions")
+    case = full_case(args.work)
+    if args.child:
+        child(args.child[0], case, args.mask, args.child[1])
+        return
+    before = args.work / f"before_{args.before}"
+    if not (before / "lung_tumor").is_dir():
+        before.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.before, "lung_tumor"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+    trees = {f"before ({args.before})": before, "now": REPO}
+    outs = {name: args.work / f"out_{i}" for i, name in enumerate(trees)}
+    results: dict[str, list[dict]] = {name: [] for name in trees}
+    print(f"case: {case.name}{f', mask {args.mask}' if args.mask else ', its label as the prediction'}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    print("| what | median s | min-max s |")
-    print("|---|---|---|")
-    runs = {
-        f"report before ({args.old_ref})": lambda: old.tumour_report(label, affine, image),
-        "report now": lambda: tumour_report(label, affine, image),
-        "lungs alone now (thorax_masks)": lambda: thorax_masks(image, affine),
-        "report now, CT and mask in file order (as predict reads them)": lambda: tumour_report(
-            label_f, affine, image_f
-        ),
-    }
-    reports = {}
-    for name, function in runs.items():
-        seconds, reports[name] = timed(function, args.repeats)
-        print(f"| {name} | {statistics.median(seconds):.2f} | {min(seconds):.2f}-{max(seconds):.2f} |")
+    for _ in range(args.repeats):
+        for name, tree in trees.items():
+            command = [sys.executable, __file__, "--work", str(args.work), "--child", str(tree), str(outs[name])]
+            if args.mask:
+                command += ["--mask", str(args.mask)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    before, now = (reports[name] for name in list(runs)[:2])
-    # the report grew fields and measures diameters edge to edge since 93c446a: compare what both define alike
-    shared = ("volume_ml", "centroid_voxel", "side", "touches_chest_wall", "touches_mediastinum")
-    same = [{k: a[k] for k in shared} for a in before["lesions"]] == [{k: b[k] for k in shared} for b in now["lesions"]]
-    flags = [(lesion["touches_chest_wall"], lesion["touches_mediastinum"]) for lesion in now["lesions"]]
-    print(
-        f"lesions agree before and now on {', '.join(shared)}: {same}; "
-        f"midline before {before['midline_x_mm']:.6f} mm, "
-        f"now {now['midline_x_mm']:.6f} mm; (chest wall, mediastinum) per lesion: {flags}"
-    )
+    print(f"\n{args.repeats} processes each, interleaved; seconds: median (min-max)")
+    print("| tree | " + " | ".join(STEPS) + " | report path in all | peak MB allocated |")
+    print("|---|" + "---|" * (len(STEPS) + 2))
+    totals = {}
+    for name, runs in results.items():
+        cells = []
+        for i in range(len(STEPS)):
+            values = [run["seconds"][i] for run in runs]
+            cells.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+        sums = [sum(run["seconds"]) for run in runs]
+        totals[name] = statistics.median(sums)
+        peak = statistics.median(run["peak_mb"] for run in runs)
+        print(f"| {name} | {' | '.join(cells)} | {totals[name]:.2f} ({min(sums):.2f}-{max(sums):.2f}) | {peak:.0f} |")
+    first, last = totals.values()
+    print(f"\nnow / before: {last / first:.2f}x the time ({first / last:.1f}x faster)")
+    print(same_reports(*outs.values()))
 
 
 if __name__ == "__main__":
