@@ -171,6 +171,23 @@ def keep_near_lungs(
     return keep[labels].astype(mask.dtype)
 
 
+def clean_mask(
+    mask: np.ndarray,
+    settings: PostProcessing,
+    spacing: tuple[float, ...],
+    affine: np.ndarray,
+    thorax: ThoraxMasks | None,
+) -> np.ndarray:
+    """A thresholded mask after the rest of ``settings``: small lesions removed, then (with ``lung_mask``,
+    where ``thorax`` holds the CT's lungs) the lesions far from the lungs."""
+    mask = remove_small_lesions(mask, spacing, settings.min_lesion_mm3)
+    if settings.lung_mask:
+        if thorax is None:
+            raise ValueError("lung_mask needs the CT's thorax masks")
+        mask = keep_near_lungs(mask, np.empty(0), affine, thorax)  # the lungs are found: the CT is not needed
+    return mask
+
+
 class Predictor:
     """Segment CT volumes with a trained run.
 
@@ -213,8 +230,13 @@ class Predictor:
         precision: str = "auto",
         flip_tta: bool | None = None,
     ) -> None:
-        overrides = {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3, "lung_mask": lung_mask}
-        PostProcessing().with_overrides(**overrides, flip_tta=flip_tta)  # a bad value fails before the model loads
+        overrides = {
+            "threshold": threshold,
+            "min_lesion_mm3": min_lesion_mm3,
+            "lung_mask": lung_mask,
+            "flip_tta": flip_tta,
+        }
+        PostProcessing().with_overrides(**overrides)  # a bad value fails before the model loads
         if precision not in PRECISIONS:
             raise LungTumorError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -232,13 +254,8 @@ class Predictor:
             native = self.device.type == "cpu" and cpu_bf16_supported()
             precision = "bfloat16" if trained_amp and native else "float32"
         self.precision = precision
-        overrides["flip_tta"] = flip_tta
         stored = load_postprocessing(run_dir) if None in overrides.values() else PostProcessing()
         self.postprocessing = stored.with_overrides(**overrides)
-        self.threshold = self.postprocessing.threshold
-        self.min_lesion_mm3 = self.postprocessing.min_lesion_mm3
-        self.lung_mask = self.postprocessing.lung_mask
-        self.flip_tta = self.postprocessing.flip_tta
         self.run_dir = Path(run_dir)
         self.checkpoint_path = checkpoint_file(run_dir, checkpoint, config)
         log.debug(
@@ -263,7 +280,7 @@ class Predictor:
             inferer = AutocastInferer(self.device.type, torch.bfloat16, inner=inferer)
         with torch.inference_mode():
             probability = torch.sigmoid(inferer(stack, self._network))  # (1, 1, Z, Y, X)
-            if self.flip_tta:  # mirror left-right and front-back in the slice plane, then back
+            if self.postprocessing.flip_tta:  # mirror left-right and front-back in the slice plane, then back
                 for axis in (-1, -2):
                     probability += torch.sigmoid(inferer(stack.flip(axis), self._network)).flip(axis)
                 probability /= 3
@@ -305,21 +322,18 @@ class Predictor:
         if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
             raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-        mask = (probability_map > self.threshold).astype(np.uint8)
-        mask = remove_small_lesions(mask, spacing, self.min_lesion_mm3)
-        thorax = None
-        if self.lung_mask:
-            thorax = thorax_masks(image_hu, affine)
-            mask = keep_near_lungs(mask, image_hu, affine, thorax)
+        settings = self.postprocessing
+        thorax = thorax_masks(image_hu, affine) if settings.lung_mask else None
+        mask = clean_mask((probability_map > settings.threshold).astype(np.uint8), settings, spacing, affine, thorax)
         provenance = prediction_provenance(
             path,
             self.run_dir,
             self.checkpoint_path,
-            self.threshold,
-            self.min_lesion_mm3,
-            self.lung_mask,
+            settings.threshold,
+            settings.min_lesion_mm3,
+            settings.lung_mask,
             precision=self.precision,
-            flip_tta=self.flip_tta,
+            flip_tta=settings.flip_tta,
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 

@@ -244,6 +244,32 @@ def score_cases(
     return summary
 
 
+def run_cases(
+    run: Path,
+    data: str | Path | None = None,
+    fold: int | str | None = None,
+    cases: Sequence[str] | None = None,
+    all_cases: bool = False,
+) -> tuple[str | Path, list[Case], str]:
+    """The dataset and labelled cases a run is scored on: ``data`` or the run config's ``data.root``, and
+    :func:`select_cases` with the run's fold unless ``fold`` or ``cases`` is given.
+
+    Raises:
+        LungTumorError: the run folder or its config is missing, or no dataset is known.
+    """
+    if not run.is_dir():
+        raise LungTumorError("run folder not found", run)
+    config = load_config(run / "config.yaml")
+    if data is None:
+        data = config.get("data::root")
+        if not data:
+            raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
+    if fold is None and not cases:
+        fold = config.get("fold")
+    chosen, description = select_cases(data, fold=fold, cases=cases, all_cases=all_cases)
+    return data, chosen, description
+
+
 def evaluate_run(
     run: str | Path,
     data: str | Path | None = None,
@@ -280,16 +306,7 @@ def evaluate_run(
         summary["dice_per_case_mean"], summary["dice_pooled"]
     """
     run = Path(run)
-    if not run.is_dir():
-        raise LungTumorError("run folder not found", run)
-    config = load_config(run / "config.yaml")
-    if data is None:
-        data = config.get("data::root")
-        if not data:
-            raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
-    if fold is None and not cases:
-        fold = config.get("fold")
-    chosen, description = select_cases(data, fold=fold, cases=cases, all_cases=all_cases)
+    data, chosen, description = run_cases(run, data, fold=fold, cases=cases, all_cases=all_cases)
     log.info("evaluating %s: %s from %s", run, description, data)
     output = run / "evaluation" if output is None else Path(output)
     if predictor is None:

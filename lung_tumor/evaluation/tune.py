@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lung_tumor.config import load_config
-from lung_tumor.errors import LungTumorError
-from lung_tumor.evaluation.evaluate import _load_truth, select_cases
+from lung_tumor.evaluation.evaluate import _load_truth, run_cases
 from lung_tumor.evaluation.lesions import lesion_detection
 from lung_tumor.io import write_json
 from lung_tumor.outputs import OutputPlan, marker
@@ -53,14 +51,12 @@ def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def score_settings(cases: Sequence[_Case], settings: PostProcessing) -> dict[str, Any]:
     """Mean per-case Dice (tumour-free cases count), lesion sensitivity and false lesions per scan."""
-    from lung_tumor.inference import keep_near_lungs, remove_small_lesions
+    from lung_tumor.inference import clean_mask
 
     dices, detected, true, false = [], 0, 0, 0
     for case in cases:
         mask = (case.probability[settings.flip_tta] > round(settings.threshold * 255)).astype(np.uint8)
-        mask = remove_small_lesions(mask, case.spacing, settings.min_lesion_mm3)
-        if settings.lung_mask:  # the lungs were found once per case: the CT itself is not needed again
-            mask = keep_near_lungs(mask, np.empty(0), case.affine, case.thorax)
+        mask = clean_mask(mask, settings, case.spacing, case.affine, case.thorax)  # the lungs found once per case
         dices.append(_dice(mask != 0, case.truth))
         lesions = lesion_detection(mask, case.truth)
         detected += int(lesions["lesions_detected"])
@@ -114,15 +110,7 @@ def tune_run(
     from lung_tumor.inference import Predictor
 
     run = Path(run)
-    if not run.is_dir():
-        raise LungTumorError("run folder not found", run)
-    config = load_config(run / "config.yaml")
-    data = data or config.get("data::root")
-    if not data:
-        raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
-    if fold is None and not cases:
-        fold = config.get("fold")
-    chosen_cases, description = select_cases(data, fold=fold, cases=cases)
+    data, chosen_cases, description = run_cases(run, data, fold=fold, cases=cases)
     output = run / FILENAME
     plan = OutputPlan(inputs=[c.image for c in chosen_cases], overwrite=overwrite)
     plan.add_file(output)
