@@ -35,6 +35,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads ``1e-4`` as a string; YAML 1.2 and every user mean a number: read it as a float
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key=value`` into a MONAI config id (``a.b`` or ``a#b`` becomes ``a::b``) and a YAML-parsed value."""
     if "=" not in text:
@@ -44,7 +52,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or "" in key.split("::"):
         raise LungTumorError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise LungTumorError(f"override {text!r}: value is not valid YAML ({err})") from None
     return key, value
@@ -349,6 +357,9 @@ class TrainingConfig:
         slices_per_batch: slices per forward pass when inferring validation volumes.
         threshold: probability above which a pixel is tumour, for validation metrics.
         tensorboard_images: validation cases shown as (CT, truth, prediction) images in TensorBoard.
+        init_from: start from these network weights instead of a random draw (fine-tuning): a checkpoint file, or
+            a run or model folder (its best checkpoint), e.g. ``lung_tumor/models/default``; the optimizer, the
+            schedule and the epochs start afresh. ``--resume`` continues from the run's own checkpoint instead.
     """
 
     epochs: int = 30
@@ -362,6 +373,7 @@ class TrainingConfig:
     slices_per_batch: int = 32
     threshold: float = 0.5
     tensorboard_images: int = 2
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "validation_interval", "slices_per_batch")
@@ -381,6 +393,8 @@ class TrainingConfig:
             raise LungTumorError(f"training.amp must be true or false, got {self.amp!r}")
         if not isinstance(self.threshold, int | float) or not 0 < self.threshold < 1:
             raise LungTumorError(f"training.threshold must be in (0, 1), got {self.threshold!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise LungTumorError(f"training.init_from must be a path or null, got {self.init_from!r}")
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> TrainingConfig:

@@ -159,6 +159,17 @@ def test_a_variable_of_ones_own_is_accepted_when_the_config_refers_to_it(tmp_pat
     assert load_config(path, ["early_stopping.min_delta=0.1"]).get("early_stopping") == {"min_delta": 0.1}
 
 
+def test_exponent_numbers_are_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML alone reads 1e-4 as the string "1e-4", which the optimizer then refuses
+    text = (CONFIGS / "demo.yaml").read_text().replace("lr: 2.0e-3", "lr: 2e-3")
+    assert "lr: 2e-3" in text
+    path = tmp_path / "exponent.yaml"
+    path.write_text(text)
+    assert load_config(path).get_parsed_content("optimizer::lr") == 0.002
+    assert load_config(path, ["optimizer.lr=1e-4"]).get_parsed_content("optimizer::lr") == 0.0001
+    assert load_config(path, ["run_name=1e"]).get("run_name") == "1e"
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

@@ -315,3 +315,55 @@ def test_fold_all_trains_on_every_case_without_validation_and_its_model_is_the_l
     with pytest.raises(SystemExit):
         main(["train", "--config", str(CONFIGS / "demo.yaml"), "--fold", "every"])
     assert "fold must be an integer or 'all'" in capsys.readouterr().err
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path, cache_dir):
+    train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=tiny_overrides(tmp_path, cache_dir, run_name="source"))
+    source_dir = tmp_path / "runs" / "source" / "fold_0"
+    start = torch.load(source_dir / "checkpoints" / "best.pt", weights_only=True)["network"]
+    frozen = {"optimizer.lr": 1e-12, "training.max_iterations": 1}  # one step that moves no parameter measurably
+
+    def parameters(run_name: str) -> dict[str, torch.Tensor]:
+        state = torch.load(tmp_path / "runs" / run_name / "fold_0" / "checkpoints" / "last.pt", weights_only=True)
+        return {k: v for k, v in state["network"].items() if "running" not in k and "num_batches" not in k}
+
+    tuned = train_from_config(
+        CONFIGS / "demo.yaml",
+        fold=0,
+        overrides=tiny_overrides(
+            tmp_path, cache_dir, run_name="tuned", **frozen, **{"training.init_from": str(source_dir)}
+        ),
+    )
+    for name, tensor in parameters("tuned").items():
+        torch.testing.assert_close(tensor, start[name], rtol=0, atol=1e-9, msg=name)
+    assert tuned["init_from"]["path"] == str(source_dir / "checkpoints" / "best.pt")
+    assert len(tuned["init_from"]["sha256"]) == 64
+    # without it the same run starts from a random draw
+    fresh = train_from_config(
+        CONFIGS / "demo.yaml", fold=0, overrides=tiny_overrides(tmp_path, cache_dir, run_name="fresh", **frozen)
+    )
+    assert fresh["init_from"] is None
+    assert not torch.equal(parameters("fresh")["conv_0.conv_0.conv.weight"], start["conv_0.conv_0.conv.weight"])
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "message"),
+    [
+        ("missing", {}, "no such checkpoint file or folder"),
+        ("empty", {}, "has no checkpoints/best.pt or last.pt"),
+        ("garbage.pt", {}, "cannot read checkpoint"),
+        ("run", {"features": [8, 16, 32, 64]}, "do not fit the config's network_def UNet2D"),
+    ],
+)
+def test_init_from_errors_are_one_line_before_the_run_folder(tmp_path, cache_dir, source, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    if source == "run":
+        train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=tiny_overrides(tmp_path, cache_dir, run_name="run"))
+        source = "runs/run/fold_0"
+    overrides = tiny_overrides(
+        tmp_path, cache_dir, run_name="refused", **extra, **{"training.init_from": str(tmp_path / source)}
+    )
+    with pytest.raises(LungTumorError, match=message):
+        train_from_config(CONFIGS / "demo.yaml", fold=0, overrides=overrides)
+    assert not (tmp_path / "runs" / "refused").exists()

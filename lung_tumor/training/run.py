@@ -221,6 +221,44 @@ def load_trained_model(
     return network.to(device).eval(), config
 
 
+def load_initial_weights(network: torch.nn.Module, source: str | Path) -> Path:
+    """Load the network weights of a checkpoint into ``network`` (``training.init_from``: fine-tuning).
+
+    Args:
+        network: the freshly built network of the new run.
+        source: a checkpoint file, or a run or model folder (its ``checkpoints/best.pt``, else ``last.pt``).
+
+    Returns:
+        The checkpoint file read.
+
+    Raises:
+        LungTumorError: the source is missing or unreadable, holds no network state, or does not fit ``network``.
+    """
+    path = Path(source)
+    if path.is_dir():
+        folder = path / "checkpoints"
+        path = next((folder / f"{name}.pt" for name in CHECKPOINT_NAMES if (folder / f"{name}.pt").is_file()), path)
+        if path.is_dir():
+            raise LungTumorError("training.init_from: the folder has no checkpoints/best.pt or last.pt", source)
+    if not path.is_file():
+        raise LungTumorError("training.init_from: no such checkpoint file or folder", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: one line for the user
+        raise LungTumorError(f"training.init_from: cannot read checkpoint ({type(err).__name__})", path) from None
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise LungTumorError("training.init_from: not a lung-tumor checkpoint (it holds no network state)", path)
+    try:
+        network.load_state_dict(state["network"])
+    except RuntimeError as err:  # missing or unexpected keys, or a size mismatch
+        detail = " ".join(str(err).split())[:300]
+        raise LungTumorError(
+            f"training.init_from: the weights do not fit the config's network_def {type(network).__name__} ({detail})",
+            path,
+        ) from None
+    return path
+
+
 def checkpoint_file(run_dir: str | Path, checkpoint: str, config: ConfigParser) -> Path:
     """The file of checkpoint ``best``, ``last`` or a path (``best`` of a run without validation is ``last``)."""
     if checkpoint == "best" and config.get("fold") == ALL_FOLD:  # trained without validation: its model is the last

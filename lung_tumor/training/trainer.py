@@ -53,6 +53,7 @@ from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, p
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
 from lung_tumor.lock import folder_lock
+from lung_tumor.provenance import input_sha256
 from lung_tumor.training.data import (
     SeededDraws,
     VolumeDataset,
@@ -67,6 +68,7 @@ from lung_tumor.training.run import (
     SliceStackInferer,
     context_slices,
     cpu_bf16_supported,
+    load_initial_weights,
     run_folder,
     save_checkpoint,
     save_config,
@@ -121,6 +123,9 @@ def train_from_config(
     run_dir = run_folder(parser, fold)
     cache = SliceCache(_cache_dir(parser))
     network = _check_network_accepts(parser, cache.preprocess.image_size)
+    init_from = TrainingConfig.from_dict(parser.get("training")).init_from
+    if init_from is not None and not resume:  # a resume continues from the run's own weights
+        load_initial_weights(network, init_from)
     build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
     sampler = _sampler_section(parser)
     tumour_weights([True, False], sampler.get("tumour_weight"), sampler.get("tumour_fraction"))
@@ -398,6 +403,11 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     )
 
     network = parser.get_parsed_content("network_def", instantiate=True)
+    initial_weights = None
+    if settings.init_from is not None and not resume:
+        path = load_initial_weights(network, settings.init_from)
+        initial_weights = {"path": str(path), "sha256": input_sha256(path)}
+        log.info("network weights from %s (training.init_from)", path)
     num_parameters = sum(p.numel() for p in network.parameters())
     single_network = network
     network = idist.auto_model(network)
@@ -517,6 +527,8 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         def _save_last(engine: Any) -> None:
             save_checkpoint(checkpoint_dir / "last.pt", checkpoint_objects)
 
+    # a resumed run keeps what metadata.json recorded before (best metric, epochs) until it writes its own
+    previous = _read_json(run_dir / "metadata.json") if resume and (run_dir / "metadata.json").is_file() else {}
     metadata = {
         "versions": {
             "lung_tumor": lung_tumor.__version__,
@@ -536,13 +548,13 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "samples_per_epoch": samples_per_epoch,
         "stream": ({**stream.__dict__, "draws_per_epoch_and_rank": len(sampler)} if stream.enabled else None),
         "parameters": num_parameters,
+        # a resumed run continues from its own checkpoint: it keeps what its first start recorded
+        "init_from": previous.get("init_from") if resume else initial_weights,
         "network": parser.get("network_def", {}).get("_target_"),
         "world_size": world_size,
         "device": str(device),
         "amp": "float16" if amp else "bfloat16" if cpu_bf16 else False,
     }
-    # a resumed run keeps what metadata.json recorded before (best metric, epochs) until it writes its own
-    previous = _read_json(run_dir / "metadata.json") if resume and (run_dir / "metadata.json").is_file() else {}
     started = time.monotonic()
     log.info(
         "training %s on fold %s: %d training cases (%d slices, %d with tumour), %d validation cases, %d parameters",
