@@ -100,3 +100,24 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(tmp_path: Path, capsy
     assert main(["export", "--run", str(run), "--out", str(out)]) != 0
     assert "config.yaml" in capsys.readouterr().err and (out / "config.yaml").read_text() == "mine"
     assert not (out / "checkpoints").exists()
+
+
+def test_gpu_stage_fine_tunes_the_shipped_model_on_the_cpu_runs_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
+    from lung_tumor.training.run import load_initial_weights
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    monkeypatch.chdir(configs.parent)  # the configs name their folders from the repository root
+    cpu, gpu = load_config(configs / "pretrained.yaml"), load_config(configs / "pretrained_gpu.yaml")
+    # same data, cache and preprocessing (worker count aside): the same validation cases choose the model
+    assert gpu["data"] == cpu["data"]
+    same = {"num_workers": 0}
+    assert PreprocessConfig.from_dict({**gpu["preprocess"], **same}) == PreprocessConfig.from_dict(
+        {**cpu["preprocess"], **same}
+    )
+    assert gpu["network_def"] == cpu["network_def"] and gpu["features"] == cpu["features"]
+    # a fresh stream: none of the CPU run's synthetic cases
+    assert StreamConfig.from_dict(gpu["stream"]).seed != StreamConfig.from_dict(cpu["stream"]).seed
+    start = TrainingConfig.from_dict(gpu["training"]).init_from
+    network = gpu.get_parsed_content("network_def", instantiate=True)
+    assert load_initial_weights(network, start).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"

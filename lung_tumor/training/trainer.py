@@ -714,10 +714,11 @@ def _attach_tensorboard_images(
         if engine.state.iteration > max_cases:
             return
         item, output = engine.state.batch[0], engine.state.output[0]
-        label, pred = item["label"][0], output["pred"][0]  # (Z, H, W)
+        # the batch stays where the loader made it (CPU); the prediction is on the network's device
+        label, pred = item["label"][0].cpu(), output["pred"][0].cpu()  # (Z, H, W)
         area = label.sum(dim=(1, 2)) if label.any() else pred.sum(dim=(1, 2))
         z = int(area.argmax())
-        image = item["image"][0, z]
+        image = item["image"][0, z].cpu()
         if image.ndim == 3:  # 2.5D input: the centre slice
             image = image[image.shape[0] // 2]
         grid = torch.cat([image.clamp(0, 1), label[z], pred[z]], dim=-1)[None].float().cpu()
