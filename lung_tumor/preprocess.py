@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from lung_tumor.config import PreprocessConfig, config_hash, load_config
@@ -132,6 +133,7 @@ def preprocess_case(case: Case, cfg: PreprocessConfig, case_dir: Path, key: str)
 
 def _worker(case: Case, cfg: PreprocessConfig, case_dir: Path, key: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    threadpool_limits(threads)  # NumPy's BLAS too: each worker gets its share of the cores, not all of them
     logging.basicConfig(level=logging.WARNING)
     return preprocess_case(case, cfg, case_dir, key)
 

@@ -102,12 +102,11 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(tmp_path: Path, capsy
     assert not (out / "checkpoints").exists()
 
 
-def test_gpu_stage_fine_tunes_the_shipped_model_on_the_cpu_runs_data(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_stage_fine_tunes_the_cpu_stage_on_the_same_data() -> None:
     from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
     from lung_tumor.training.run import load_initial_weights
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    monkeypatch.chdir(configs.parent)  # the configs name their folders from the repository root
     cpu, gpu = load_config(configs / "pretrained.yaml"), load_config(configs / "pretrained_gpu.yaml")
     # same data, cache and preprocessing (worker count aside): the same validation cases choose the model
     assert gpu["data"] == cpu["data"]
@@ -118,6 +117,12 @@ def test_gpu_stage_fine_tunes_the_shipped_model_on_the_cpu_runs_data(monkeypatch
     assert gpu["network_def"] == cpu["network_def"] and gpu["features"] == cpu["features"]
     # a fresh stream: none of the CPU run's synthetic cases
     assert StreamConfig.from_dict(gpu["stream"]).seed != StreamConfig.from_dict(cpu["stream"]).seed
+    # it starts from the CPU stage's run folder
     start = TrainingConfig.from_dict(gpu["training"]).init_from
+    assert Path(start) == Path(cpu["output_dir"]) / cpu["run_name"] / f"fold_{cpu['fold']}"
+    # the shipped model was made this way: trained from the CPU stage's weights (then exported into the package)
+    shipped = json.loads((DEFAULT_MODEL / "metadata.json").read_text())
+    assert shipped["init_from"]["path"] == "lung_tumor/models/default/checkpoints/best.pt"
+    assert shipped["stream"]["seed"] == StreamConfig.from_dict(gpu["stream"]).seed
     network = gpu.get_parsed_content("network_def", instantiate=True)
-    assert load_initial_weights(network, start).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"
+    assert load_initial_weights(network, DEFAULT_MODEL).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"

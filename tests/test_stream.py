@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.cli import main
 from lung_tumor.config import PreprocessConfig, StreamConfig, load_config
 from lung_tumor.errors import LungTumorError
-from lung_tumor.training.data import SeededDraws, build_augmentation
+from lung_tumor.training.data import SeededDraws, build_augmentation, init_loader_worker
 from lung_tumor.training.stream import (
     STREAM_CASE_OFFSET,
     MixedDraws,
@@ -170,3 +171,25 @@ def test_two_process_training_with_the_stream(tmp_path, cache_dir):
     assert metadata["world_size"] == 2 and metadata["status"] == "finished" and metadata["iterations"] == 2
     assert metadata["stream"]["draws_per_epoch_and_rank"] == 8
     assert np.isfinite(metadata["best_metric"])
+
+
+class _BlasThreads(torch.utils.data.Dataset):
+    """Reports, from inside a loader worker, the most threads any BLAS/OpenMP library there would use."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        from threadpoolctl import threadpool_info
+
+        return max(pool["num_threads"] for pool in threadpool_info())
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every library already runs one thread")
+def test_training_loader_workers_run_one_blas_thread_each():
+    def counts(**kwargs: object) -> list[int]:
+        loader = torch.utils.data.DataLoader(_BlasThreads(), batch_size=None, num_workers=2, **kwargs)
+        return [int(count) for count in loader]
+
+    assert max(counts()) > 1  # a plain worker: one BLAS thread per core
+    assert counts(worker_init_fn=init_loader_worker) == [1, 1]

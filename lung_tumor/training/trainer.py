@@ -59,6 +59,7 @@ from lung_tumor.training.data import (
     VolumeDataset,
     build_augmentation,
     build_sampler,
+    init_loader_worker,
     tumour_weights,
 )
 from lung_tumor.training.losses import build_loss
@@ -400,6 +401,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         num_workers=settings.num_workers,
         pin_memory=cuda,
         persistent_workers=settings.num_workers > 0,
+        worker_init_fn=init_loader_worker,
     )
 
     network = parser.get_parsed_content("network_def", instantiate=True)
