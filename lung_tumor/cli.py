@@ -98,7 +98,7 @@ def _print_error(err: LungTumorError) -> None:
 def _tune(args: argparse.Namespace) -> None:
     from lung_tumor.evaluation.tune import tune_run
 
-    tune_run(args.run, args.data, fold=args.fold, cases=args.cases, overwrite=args.overwrite)
+    tune_run(args.run, args.data, fold=args.fold, cases=args.cases, overwrite=args.overwrite, all_cases=args.all)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -260,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run config's data.root)")
-    p.add_argument("--fold", type=int, default=None, help="this fold's validation cases (default: the run's)")
-    p.add_argument("--cases", nargs="+", default=None, help="these case ids instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=int, default=None, help="this fold's validation cases (default: the run's)")
+    which.add_argument("--cases", nargs="+", default=None, help="these case ids instead")
+    which.add_argument("--all", action="store_true", help="every labelled case of --data (a validation set of its own)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_tune)
 

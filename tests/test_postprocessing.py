@@ -150,3 +150,16 @@ def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(t
     assert summary["lesions_false_positive_total"] == 0 and summary["dice_per_case_mean"] == pytest.approx(
         content["chosen"]["dice_per_case_mean"], abs=0.01
     )
+
+
+def test_tune_on_a_validation_set_of_its_own(tmp_path: Path, lesion_dataset, capsys: pytest.CaptureFixture) -> None:
+    data, _, _ = lesion_dataset
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    assert main(["tune", "--run", str(run), "--data", str(data), "--all"]) == 0
+    content = json.loads((run / "postprocess.json").read_text())
+    assert content["chosen_on"]["cases"] == ["lung_001"]
+    assert content["chosen_on"]["description"] == "all 1 labelled case(s)"
+    assert content["chosen_on"]["data"] == str(data)
+    with pytest.raises(SystemExit):  # one way of naming the cases at a time
+        main(["tune", "--run", str(run), "--data", str(data), "--all", "--cases", "lung_001"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -90,6 +90,7 @@ def tune_run(
     fold: int | None = None,
     cases: Sequence[str] | None = None,
     overwrite: bool = False,
+    all_cases: bool = False,
 ) -> dict[str, Any]:
     """Choose the run's post-processing on validation cases and write ``RUN/postprocess.json``.
 
@@ -99,6 +100,7 @@ def tune_run(
         fold: score this fold's validation cases (default: the run's fold).
         cases: score these case ids instead.
         overwrite: replace a ``postprocess.json`` that lung-tumor did not write.
+        all_cases: score every labelled case of ``data`` (a validation set of its own, not a training fold).
 
     Returns:
         The content written: ``settings`` (the choice), ``chosen`` and ``baseline`` (the default settings)
@@ -110,7 +112,7 @@ def tune_run(
     from lung_tumor.inference import Predictor
 
     run = Path(run)
-    data, chosen_cases, description = run_cases(run, data, fold=fold, cases=cases)
+    data, chosen_cases, description = run_cases(run, data, fold=fold, cases=cases, all_cases=all_cases)
     output = run / FILENAME
     plan = OutputPlan(inputs=[c.image for c in chosen_cases], overwrite=overwrite)
     plan.add_file(output)
