@@ -433,9 +433,11 @@ def predict(
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
     Every output path is checked before the model is loaded (:func:`plan_outputs`). The model is loaded once
-    for all inputs, and the next scan is read and preprocessed in a background thread while the current one is
-    segmented (:func:`prefetched`). With several inputs a scan that cannot be read or segmented is reported
-    through ``on_error`` and the others go on; the call then raises one error that counts the failures.
+    for all inputs; while one scan is segmented, the next is read and preprocessed in a background thread
+    (:func:`prefetched`) and the previous one's mask and reports are written in another
+    (:func:`write_prediction`, one scan at a time, each file atomically). With several inputs a scan that cannot
+    be read, segmented or written is reported through ``on_error`` and the others go on; the call then raises one
+    error that counts the failures.
 
     Args:
         run: the training run folder; ``None``: the model shipped in the package
@@ -476,22 +478,50 @@ def predict(
     )
     paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []
-    # closing: a failure that stops the batch also stops the read of the next scan
-    with closing(prefetched(sources, predictor.prepare)) as volumes:
-        for source, prepared in tqdm(
-            volumes, total=len(sources), desc="predict", unit="volume", disable=len(sources) < 2
-        ):
-            paths = paths_of[source]
+    many = len(sources) > 1
+    progress = tqdm(total=len(sources), desc="predict", unit="volume", disable=not many)
+
+    def failure(source: Path, err: LungTumorError) -> None:
+        if fail_fast or not many:
+            raise err
+        (on_error or _log_error)(err)
+        failed.append(source)
+        progress.update()
+
+    def settle(pending: tuple[Path, Future[None]] | None) -> None:
+        """Wait for a scan's write; its error is that scan's failure."""
+        if pending is None:
+            return
+        source, future = pending
+        try:
+            future.result()
+        except LungTumorError as err:
+            failure(source, err)
+            return
+        written.append(paths_of[source])
+        progress.update()
+
+    # the next scan is read (prefetched) and the previous one written (writer) while this one is segmented;
+    # one write in flight at most, so at most three scans are held; leaving the block waits for that write,
+    # and closing the reader first stops the read of the next scan when a failure stops the batch
+    pending = None
+    with (
+        progress,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-tumor-write") as writer,
+        closing(prefetched(sources, predictor.prepare)) as volumes,
+    ):
+        for source, prepared in volumes:
             try:
                 result = predictor.predict_file(prepared.result())
             except LungTumorError as err:
-                if fail_fast or len(sources) == 1:
-                    raise
-                (on_error or _log_error)(err)
-                failed.append(source)
+                settle(pending)  # the previous scan's outcome first: messages in the order of the scans
+                pending = None
+                failure(source, err)
                 continue
-            write_prediction(result, paths)
-            written.append(paths)
+            settle(pending)
+            pending = (source, writer.submit(write_prediction, result, paths_of[source]))
+            del result  # the writer holds it now, and lets it go when written
+        settle(pending)
     if failed:
         raise LungTumorError(
             f"{len(failed)} of {len(sources)} scans failed, {len(written)} segmented; each failure is reported above",
