@@ -312,6 +312,36 @@ def test_a_folder_writes_each_scan_while_the_next_is_segmented_and_as_one_by_one
     assert len(found) == 12 and len({found[f"{case}.nii.gz"] for case in cases}) == 3  # three different masks
 
 
+def test_a_folder_leaves_a_core_to_its_reader_and_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch segments with one torch thread fewer than the cores (the read and the write have the other); a
+    single scan with all of them; the count is restored afterwards."""
+    import torch
+
+    import lung_tumor.inference as inference
+
+    run = make_run(tmp_path / "run")
+    folder = distinct_scans(tmp_path / "scans")
+    threads = []
+    real_predict_file = inference.Predictor.predict_file
+
+    def predict_file(self, prepared):  # noqa: ANN001, ANN202
+        threads.append(torch.get_num_threads())
+        return real_predict_file(self, prepared)
+
+    monkeypatch.setattr(inference.Predictor, "predict_file", predict_file)
+    monkeypatch.setattr(inference, "available_cores", lambda: 3)
+    before = torch.get_num_threads()
+    try:
+        assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
+        assert threads == [2, 2, 2] and torch.get_num_threads() == 3  # as the Predictor set it, for 3 cores
+        assert predict(capsys, run, folder / "lung_001.nii.gz", tmp_path / "one") == (0, [])
+        assert threads[3:] == [3]
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("fail_fast", [False, True])
 def test_a_scan_whose_write_fails_is_reported_in_its_turn(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, fail_fast: bool
