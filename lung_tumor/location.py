@@ -95,6 +95,41 @@ def _box_gap(steps: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         return np.where(reach > 0, length * np.clip(1.0 - 1.0 / reach, 0.0, None), 0.0)
 
 
+def _may_reach(structure: np.ndarray, points: np.ndarray, spacing: np.ndarray, gap_mm: float) -> bool:
+    """Whether a voxel of ``structure`` may lie within ``gap_mm`` (:func:`_box_gap`) of one of ``points`` (N, 3).
+
+    False is certain: a voxel ``k`` voxels beyond every point along some axis is at least ``(k - 1)`` voxels of
+    that axis away by :func:`_box_gap` (the length joining the centres is at least ``k`` of them, and the line
+    crosses at least ``k`` voxels), so only the points' bounding box grown by ``gap_mm / spacing + 1`` voxels is
+    searched.
+    """
+    margin = np.floor(gap_mm / spacing).astype(int) + 1
+    low = np.maximum(points.min(axis=0) - margin, 0)
+    high = points.max(axis=0) + margin + 1
+    return bool(structure[tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))].any())
+
+
+def _nearest_voxels(structure: np.ndarray, points: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The voxel of ``structure`` nearest each of ``points`` (N, 3), as the feature transform of the whole array
+    finds it (``ndimage.distance_transform_edt(~structure, return_indices=True)``), ties broken alike.
+
+    The transform is computed only in the bounding box of the structure and the points, which gives each point the
+    same voxel: scipy's transform runs along one axis at a time, one line after another, and a line's voxels outside
+    that box hold no candidate (no structure voxel lies in their plane or row), so every line through the box sees
+    the same candidates at the same relative positions; along a line the nearest candidate is searched from the
+    first, in increasing order of position, and where the search stands at the box's edge does not change what it
+    finds inside (past candidates only fall further behind).
+    """
+    box = mask_bounding_box(structure)
+    low = np.minimum([s.start for s in box], points.min(axis=0))
+    high = np.maximum([s.stop for s in box], points.max(axis=0) + 1)
+    crop = tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
+    nearest = ndimage.distance_transform_edt(
+        ~structure[crop], sampling=spacing, return_distances=False, return_indices=True
+    )
+    return nearest[(slice(None), *(points - low).T)].T + low
+
+
 def _extent_mm(points_mm: np.ndarray, columns: np.ndarray) -> float:
     """Greatest distance between voxel centres, plus one voxel's extent along that line (edge to edge)."""
     if len(points_mm) == 0:
@@ -571,11 +606,8 @@ def lesion_location(
     for name, label in STRUCTURES.items():
         structure = tissue & (regions == label)
         finding = {"contact": False, "gap_mm": None, "contact_length_mm": 0.0}
-        if structure.any():
-            nearest = ndimage.distance_transform_edt(
-                ~structure, sampling=spacing, return_distances=False, return_indices=True
-            )
-            steps = nearest[(slice(None), *points.T)].T - points
+        if _may_reach(structure, points, spacing, reach + 1e-6):  # else no gap within reach: none reported
+            steps = _nearest_voxels(structure, points, spacing) - points
             gaps = _box_gap(steps.astype(float), spacing)
             gap = float(gaps.min())
             finding["gap_mm"] = gap if gap <= reach else None

@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder-scans", type=int, default=4, help="scans in the folder test (0: skip it)")
     parser.add_argument("--variants", action="store_true", help="only time the network step per setting")
+    parser.add_argument("--folder-only", action="store_true", help="only the folder test (one command against N)")
     parser.add_argument("--plain", nargs=3, type=Path, default=None, metavar=("RUN", "IMAGE", "OUT"), help="internal")
     args = parser.parse_args()
     if args.plain:
@@ -216,6 +217,9 @@ def main() -> None:
     print(f"run {run} (best validation Dice {metadata.get('best_metric', '?')}), scan {scan.name} {SHAPE}")
     print(f"{os.cpu_count()} CPUs, load average at start: {load_average()}")
 
+    if args.folder_only:
+        folder_test(args, scan, out, predict, env)
+        return
     commands = {
         'python -c "import monai"': [python, "-c", "import monai"],
         "lung-tumor predict --no-report (mask)": [
@@ -273,19 +277,25 @@ def main() -> None:
     for step, seconds in steps.items():
         print(f"| {step} | {seconds:.2f} |")
 
+    folder_test(args, scan, out, predict, env)
+
+
+def folder_test(args: argparse.Namespace, scan: Path, out: Path, predict: list[str], env: dict[str, str]) -> None:
+    """A folder of ``--folder-scans`` copies of the scan in one command, against as many separate commands."""
     if args.folder_scans:
         folder = args.work / "folder"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         for index in range(args.folder_scans):  # the same scan under N names: N reads, N segmentations
             os.link(scan, folder / f"lung_{index:03d}.nii.gz")
+        at_start = load_average()
         one_command, folder_peak, _ = timed([*predict, "--input", str(folder), "--output", str(out / "folder")], env)
         separate = sum(
             timed([*predict, "--input", str(path), "--output", str(out / "separate")], env)[0]
             for path in sorted(folder.iterdir())
         )
         n = args.folder_scans
-        print(f"\n{n} scans (mask and report); load average {load_average()}")
+        print(f"\n{n} scans (mask and report); load average {at_start} before, {load_average()} after")
         print("| how | wall s | scans per minute | peak MB |")
         print("|---|---|---|---|")
         print(

@@ -253,6 +253,129 @@ def test_fail_fast_stops_at_the_bad_scan(tmp_path: Path, capsys: pytest.CaptureF
     ]
 
 
+def distinct_scans(folder: Path) -> Path:
+    """Three small chest CTs that differ: a second nodule in the second, a third in the third."""
+    folder.mkdir(parents=True)
+    for index in range(3):
+        image = chest(SHAPE)
+        image[8 : 14 + 4 * index, 20:26, 2:6] = 30  # a nodule of its own size in each scan
+        save(image, ORIENTATIONS["RAS"], folder / f"lung_00{index + 1}.nii.gz")
+    return folder
+
+
+def test_a_folder_writes_each_scan_while_the_next_is_segmented_and_as_one_by_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask and reports of a scan are written while the next scan is segmented, never two scans behind, and
+    byte for byte as segmenting and writing each scan in turn writes them."""
+    import threading
+
+    import lung_tumor.inference as inference
+
+    run = make_run(tmp_path / "run")
+    folder = distinct_scans(tmp_path / "scans")
+    cases = [f"lung_00{i}" for i in (1, 2, 3)]
+    segmenting = {case: threading.Event() for case in cases}
+    events: list[str] = []
+    overlapped = []
+    real_predict_file, real_write = inference.Predictor.predict_file, inference.write_prediction
+
+    def predict_file(self, prepared):  # noqa: ANN001, ANN202
+        case = prepared.source.name.removesuffix(".nii.gz")
+        events.append(f"segment {case}")
+        segmenting[case].set()
+        return real_predict_file(self, prepared)
+
+    def write_prediction(result, paths):  # noqa: ANN001, ANN202
+        case = result.source.name.removesuffix(".nii.gz")
+        following = f"lung_00{int(case[-1]) + 1}"
+        if following in segmenting:  # the next scan is segmented before this write ends
+            overlapped.append(segmenting[following].wait(30))
+        real_write(result, paths)
+        events.append(f"written {case}")
+
+    monkeypatch.setattr(inference.Predictor, "predict_file", predict_file)
+    monkeypatch.setattr(inference, "write_prediction", write_prediction)
+    assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
+    assert overlapped == [True, True]
+    assert events.index("written lung_001") < events.index("segment lung_003")  # one write in flight at most
+    assert sorted(events) == sorted([f"segment {case}" for case in cases] + [f"written {case}" for case in cases])
+    monkeypatch.undo()
+
+    sequential = tmp_path / "sequential"
+    sources = sorted(folder.iterdir())
+    predictor = inference.Predictor(run)
+    for source, paths in zip(sources, inference.plan_outputs(sources, sequential, run), strict=True):
+        inference.write_prediction(predictor.predict_file(source), paths)
+    found = checksums(tmp_path / "out", undated=True)
+    assert found == checksums(sequential, undated=True)
+    assert len(found) == 12 and len({found[f"{case}.nii.gz"] for case in cases}) == 3  # three different masks
+
+
+def test_a_folder_leaves_a_core_to_its_reader_and_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch segments with one torch thread fewer than the cores (the read and the write have the other); a
+    single scan with all of them; the count is restored afterwards."""
+    import torch
+
+    import lung_tumor.inference as inference
+
+    run = make_run(tmp_path / "run")
+    folder = distinct_scans(tmp_path / "scans")
+    threads = []
+    real_predict_file = inference.Predictor.predict_file
+
+    def predict_file(self, prepared):  # noqa: ANN001, ANN202
+        threads.append(torch.get_num_threads())
+        return real_predict_file(self, prepared)
+
+    monkeypatch.setattr(inference.Predictor, "predict_file", predict_file)
+    monkeypatch.setattr(inference, "available_cores", lambda: 3)
+    before = torch.get_num_threads()
+    try:
+        assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
+        assert threads == [2, 2, 2] and torch.get_num_threads() == 3  # as the Predictor set it, for 3 cores
+        assert predict(capsys, run, folder / "lung_001.nii.gz", tmp_path / "one") == (0, [])
+        assert threads[3:] == [3]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_a_scan_whose_write_fails_is_reported_in_its_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, fail_fast: bool
+) -> None:
+    import lung_tumor.inference as inference
+
+    run = make_run(tmp_path / "run")
+    folder = distinct_scans(tmp_path / "scans")
+    real_write = inference.write_prediction
+
+    def write_prediction(result, paths):  # noqa: ANN001, ANN202
+        if result.source.name == "lung_002.nii.gz":
+            raise LungTumorError("cannot be written: disk full", paths["mask"])
+        real_write(result, paths)
+
+    monkeypatch.setattr(inference, "write_prediction", write_prediction)
+    out = tmp_path / "out"
+    status, errors = predict(capsys, run, folder, out, *(("--fail-fast",) if fail_fast else ()))
+    assert status == 1
+    assert errors[0] == f"lung-tumor: error: {out / 'lung_002.nii.gz'}: cannot be written: disk full"
+    names = sorted(p.name for p in out.iterdir())
+    if fail_fast:
+        assert errors == errors[:1]
+        assert names == ["lung_001.nii.gz", "lung_001_report.html", "lung_001_report.json", "lung_001_report.txt"]
+    else:
+        assert errors[1:] == [
+            f"lung-tumor: error: {folder}: 1 of 3 scans failed, 2 segmented; each failure is reported above"
+        ]
+        assert [n for n in names if n.endswith(".nii.gz")] == ["lung_001.nii.gz", "lung_003.nii.gz"]
+        mask, image = (np.asarray(nib.load(f / "lung_003.nii.gz").dataobj) for f in (out, folder))
+        assert dice(mask > 0, image > SOFT_TISSUE_HU) > 0.85  # the third scan's own nodules
+        assert len(names) == 8
+
+
 def test_hidden_files_in_the_input_folder_are_not_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = make_run(tmp_path / "run")
     folder = scans(tmp_path / "scans", "lung_001.nii.gz")

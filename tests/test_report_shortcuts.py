@@ -18,7 +18,17 @@ from chest_phantom import AFFINE, SHAPE, add_box, add_sphere, chest, to_lps
 from PIL import Image
 from scipy import ndimage
 
-from lung_tumor.location import CHEST_WALL, DIAPHRAGM, LEFT, MEDIASTINUM, RIGHT, _tissue_regions
+from lung_tumor.location import (
+    CHEST_WALL,
+    DIAPHRAGM,
+    LEFT,
+    MEDIASTINUM,
+    RIGHT,
+    _box_gap,
+    _may_reach,
+    _nearest_voxels,
+    _tissue_regions,
+)
 from lung_tumor.report import tumour_report
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_figure, write_report_html
 from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
@@ -102,6 +112,63 @@ def test_tissue_regions_searched_in_the_lungs_box_as_along_every_line(superior_f
     below_the_lungs = expected[:, :, 8:] if superior_first else expected[:, :, :2]
     assert (below_the_lungs == DIAPHRAGM).any()
     np.testing.assert_array_equal(found, expected)
+
+
+SPACINGS = [(1.0, 1.0, 1.0), (0.84, 0.84, 1.0), (0.7, 0.7, 2.5)]  # isotropic: many equally near voxels
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nearest_structure_voxel_in_its_box_as_in_the_whole_array(spacing: tuple[float, ...], seed: int) -> None:
+    """A lesion with tissue around it at a distance, in a box larger than both: the nearest tissue voxel of each
+    lesion voxel, ties included, as the transform of the whole box finds it."""
+    rng = np.random.default_rng(seed)
+    shape = (44, 40, 30)
+    low = rng.integers(14, 18, size=3)
+    lesion = tuple(slice(lo, lo + n) for lo, n in zip(low, rng.integers(5, 9, size=3), strict=True))
+    gap = (0, 3, 6)[seed]  # voxels of clear space round the lesion
+    structure = np.zeros(shape, dtype=bool)
+    block = (slice(4, 38), slice(6, 36), slice(3, 28))  # the array's edges hold no tissue
+    structure[block] = rng.random(structure[block].shape) < (0.1, 0.5, 0.9)[seed]  # sparse to nearly solid
+    structure[tuple(slice(max(s.start - gap, 0), s.stop + gap) for s in lesion)] = False
+    structure[:, :, : low[2] - 2] &= rng.random(shape)[:, :, : low[2] - 2] < 0.1  # thinner below the lesion
+    points = np.argwhere(np.ones([s.stop - s.start for s in lesion], dtype=bool)) + low
+    expected = ndimage.distance_transform_edt(~structure, sampling=spacing, return_distances=False, return_indices=True)
+    found = _nearest_voxels(structure, points, np.array(spacing))
+    np.testing.assert_array_equal(found, expected[(slice(None), *points.T)].T)
+    distance = np.linalg.norm((found - points) * spacing, axis=1)
+    tissue = np.argwhere(structure)
+    ties = sum(
+        int(np.count_nonzero(np.isclose(np.linalg.norm((tissue - p) * spacing, axis=1), d)) > 1)
+        for p, d in zip(points, distance, strict=True)
+    )
+    assert spacing[0] != 1.0 or ties > 0  # points with more than one nearest voxel: the ties are broken alike
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_a_structure_found_out_of_reach_has_no_gap_within_reach(spacing: tuple[float, ...]) -> None:
+    """Wherever ``_may_reach`` rules a structure voxel out, the gap of every lesion voxel to it exceeds the reach."""
+    reach = 10.0
+    sampling = np.array(spacing)
+    lesion = np.zeros((9, 9, 9), dtype=bool)
+    lesion[3:6, 3:6, 3:6] = True
+    lesion[2, 4, 4] = True
+    points = np.argwhere(lesion) + 20
+    structure = np.zeros((64, 64, 64), dtype=bool)
+    ruled_out = within_reach = 0
+    extent = [2 * int(reach / s) + 14 for s in spacing]  # up to 7 voxels beyond the reach on either side
+    rng = np.random.default_rng(0)
+    planes = [o for o in np.ndindex(*extent) if any(o[a] == extent[a] // 2 for a in range(3))]  # through the lesion
+    for offset in planes + [tuple(o) for o in rng.integers(0, extent, size=(1000, 3))]:
+        voxel = np.array(offset) + 24 - np.array([int(reach / s) + 7 for s in spacing])
+        structure[tuple(voxel)] = True
+        gaps = _box_gap((voxel - points).astype(float), sampling)
+        if not _may_reach(structure, points, sampling, reach):
+            ruled_out += 1
+            assert gaps.min() > reach, (voxel, gaps.min())
+        within_reach += int(gaps.min() <= reach)
+        structure[tuple(voxel)] = False
+    assert ruled_out > 100 and within_reach > 100
 
 
 def chest_with_lesions() -> tuple[np.ndarray, np.ndarray]:
