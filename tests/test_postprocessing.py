@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -163,3 +164,41 @@ def test_tune_on_a_validation_set_of_its_own(tmp_path: Path, lesion_dataset, cap
     with pytest.raises(SystemExit):  # one way of naming the cases at a time
         main(["tune", "--run", str(run), "--data", str(data), "--all", "--cases", "lung_001"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+class _LungsOf:
+    """Thorax masks reduced to what post-processing asks of them: the lungs in a box."""
+
+    def __init__(self, lungs: np.ndarray) -> None:
+        self.full = lungs
+
+    def lungs(self, box: tuple[slice, ...]) -> np.ndarray:
+        return self.full[box]
+
+
+def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
+    from lung_tumor.evaluation.tune import MIN_LESION_MM3, THRESHOLDS, crop_to_findings
+
+    shape = (48, 40, 20)
+    lungs = np.zeros(shape, bool)
+    lungs[:10] = True
+    probability = np.full(shape, 40, np.uint8)  # below every threshold
+    truth = np.zeros(shape, bool)
+    probability[15:19, 10:14, 8:12] = 200  # 6 mm from the lungs: kept by the lung mask
+    probability[32:35, 20:23, 5:8] = 120  # 23 mm away: dropped by it
+    probability[20:21, 30:31, 3:4] = 230  # a one-voxel lesion
+    truth[15:19, 10:13, 8:12] = True
+    truth[26:28, 5:7, 15:17] = True  # missed
+    mirrored = probability.copy()
+    mirrored[32:35, 20:23, 5:8] = 90
+    whole = _Case("c", {False: probability, True: mirrored}, truth, (1.0, 1.0, 1.0), np.eye(4), _LungsOf(lungs))
+    cut = crop_to_findings(whole)
+    assert cut.truth.shape[0] < shape[0] and cut.truth.sum() == truth.sum()
+    for t, m, lung, tta in itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)):
+        settings = PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta)
+        assert score_settings([cut], settings) == score_settings([whole], settings), settings
+    # the lung mask drops the far lesions and keeps the near one, whose lungs lie outside the findings' own box
+    for lung, false in ((False, 2), (True, 0)):
+        settings = PostProcessing(threshold=0.4, min_lesion_mm3=0, lung_mask=lung, flip_tta=False)
+        assert score_settings([cut], settings)["false_lesions_per_scan"] == false
+        assert score_settings([cut], settings)["lesion_sensitivity"] == 0.5
