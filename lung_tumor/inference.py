@@ -169,23 +169,31 @@ def keep_near_lungs(
 
     ``thorax`` is :func:`~lung_tumor.thorax.thorax_masks` of the CT when already found (found here if not).
     """
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
     labels, count = label_in_bounding_box(mask)
     if not count:
         return mask
     if thorax is None:
         thorax = thorax_masks(image_hu, affine)
+    return near_lung_flags(labels, count, affine, thorax)[labels].astype(mask.dtype)
+
+
+def near_lung_flags(labels: np.ndarray, count: int, affine: np.ndarray, thorax: Any) -> np.ndarray:
+    """For lesion labels ``1..count`` (index 0 is background, False): whether each lies within
+    :data:`LUNG_MARGIN_MM` of the lungs of ``thorax`` (anything with ``lungs(box)``). Each lesion is judged alone."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
     keep = np.zeros(count + 1, dtype=bool)
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+    for index, box in enumerate(ndimage.find_objects(labels, max_label=count), start=1):
+        if box is None:
+            continue
         grown = tuple(
-            slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, mask.shape, strict=True)
+            slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, labels.shape, strict=True)
         )
         near_lung = thorax.lungs(grown)
         if near_lung.any():
             distance_mm = ndimage.distance_transform_edt(~near_lung, sampling=spacing)
             keep[index] = bool((distance_mm[labels[grown] == index] <= LUNG_MARGIN_MM).any())
-    return keep[labels].astype(mask.dtype)
+    return keep
 
 
 def clean_mask(

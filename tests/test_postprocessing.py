@@ -177,7 +177,7 @@ class _LungsOf:
 
 
 def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
-    from lung_tumor.evaluation.tune import MIN_LESION_MM3, THRESHOLDS, crop_to_findings
+    from lung_tumor.evaluation.tune import MIN_LESION_MM3, THRESHOLDS, crop_to_findings, score_grid
 
     shape = (48, 40, 20)
     lungs = np.zeros(shape, bool)
@@ -197,6 +197,25 @@ def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
     for t, m, lung, tta in itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)):
         settings = PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta)
         assert score_settings([cut], settings) == score_settings([whole], settings), settings
+    # the whole grid at once, with a tumour-free case beside it, as setting by setting on the whole volumes
+    healthy_probability = np.zeros(shape, np.uint8)
+    healthy_probability[5:8, 5:8, 5:8] = 150  # a false lesion inside the lungs
+    healthy_probability[40:45, 30:35, 10:14] = 100  # 100 voxels of 3 mm3: exactly a minimum volume of the grid
+    healthy = _Case(
+        "h",
+        {False: healthy_probability, True: healthy_probability // 2 + 30},
+        np.zeros(shape, bool),
+        (1.0, 2.0, 1.5),
+        np.diag([1.0, 2.0, 1.5, 1.0]),
+        _LungsOf(lungs),
+    )
+    grid = list(itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)))
+    expected = [
+        score_settings([whole, healthy], PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta))
+        for t, m, lung, tta in grid
+    ]
+    assert score_grid([cut, crop_to_findings(healthy)]) == expected
+    assert len({(r["dice_per_case_mean"], r["false_lesions_per_scan"]) for r in expected}) > 5  # the grid matters
     # the lung mask drops the far lesions and keeps the near one, whose lungs lie outside the findings' own box
     for lung, false in ((False, 2), (True, 0)):
         settings = PostProcessing(threshold=0.4, min_lesion_mm3=0, lung_mask=lung, flip_tta=False)
