@@ -177,11 +177,17 @@ def keep_near_lungs(
     return near_lung_flags(labels, count, affine, thorax)[labels].astype(mask.dtype)
 
 
+def lung_margin_voxels(affine: np.ndarray) -> list[int]:
+    """Voxels along each array axis that surely cover :data:`LUNG_MARGIN_MM` (one more than the ceiling)."""
+    return [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in np.linalg.norm(affine[:3, :3], axis=0)]
+
+
 def near_lung_flags(labels: np.ndarray, count: int, affine: np.ndarray, thorax: Any) -> np.ndarray:
     """For lesion labels ``1..count`` (index 0 is background, False): whether each lies within
-    :data:`LUNG_MARGIN_MM` of the lungs of ``thorax`` (anything with ``lungs(box)``). Each lesion is judged alone."""
+    :data:`LUNG_MARGIN_MM` of the lungs of ``thorax`` (anything with ``lungs(box)``). Each lesion is judged alone,
+    within its box grown by :func:`lung_margin_voxels`."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
+    margin = lung_margin_voxels(affine)
     keep = np.zeros(count + 1, dtype=bool)
     for index, box in enumerate(ndimage.find_objects(labels, max_label=count), start=1):
         if box is None:

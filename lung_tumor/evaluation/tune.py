@@ -51,7 +51,10 @@ def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def score_settings(cases: Sequence[_Case], settings: PostProcessing) -> dict[str, Any]:
-    """Mean per-case Dice (tumour-free cases count), lesion sensitivity and false lesions per scan."""
+    """Mean per-case Dice (tumour-free cases count), lesion sensitivity and false lesions per scan.
+
+    The definition, setting by setting, through ``predict``'s own post-processing; :func:`score_grid` scores the
+    whole grid faster and must give the same figures (the tests compare them)."""
     from lung_tumor.inference import clean_mask
 
     dices, detected, true, false = [], 0, 0, 0
@@ -86,17 +89,16 @@ def crop_to_findings(case: _Case) -> _Case:
     mask's margin: every score of the grid is the same as on the whole volume (no lesion, truth or lung voxel
     within reach lies outside), and a full-size scan costs a fraction as much to score 200 times.
     """
-    from lung_tumor.inference import LUNG_MARGIN_MM
+    from lung_tumor.inference import lung_margin_voxels
 
     lowest = round(min(THRESHOLDS) * 255)
     found = case.truth.astype(bool)
     for probability in case.probability.values():
         found |= probability > lowest
-    spacing = np.linalg.norm(case.affine[:3, :3], axis=0)
     box = ndimage.find_objects(found.astype(np.uint8))
     if not box:  # nothing anywhere: one voxel scores the same
         box = [tuple(slice(0, 1) for _ in found.shape)]
-    margin = [int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in spacing]
+    margin = lung_margin_voxels(case.affine)  # the reach of the lung mask's per-lesion search
     crop = tuple(
         slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box[0], margin, found.shape, strict=True)
     )
@@ -231,7 +233,7 @@ def tune_run(
         del results, plain, prepared
     results = score_grid(scored)
     best = choose(results)
-    baseline = score_settings(scored, DEFAULT)
+    baseline = next(r for r in results if r["settings"] == DEFAULT.as_dict())  # the defaults are in the grid
     content = {
         "generator": marker("tune"),
         "settings": best["settings"],

@@ -199,26 +199,43 @@ def load_trained_model(
     if not path.is_file():
         name = path.stem if checkpoint in CHECKPOINT_NAMES else checkpoint
         raise LungTumorError(f"no {name} checkpoint (has this run finished an epoch?)", path)
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # a truncated or foreign file: one line for the user
-        raise LungTumorError(f"cannot read checkpoint ({type(err).__name__})", path) from None
-    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
-        raise LungTumorError("not a lung-tumor checkpoint (it holds no network state)", path)
+    state = read_network_state(path, device)
     try:
         network = config.get_parsed_content("network_def", instantiate=True)
     except Exception as err:
         raise LungTumorError(
             f"network_def: cannot build it ({str(err).splitlines()[0]})", run_dir / "config.yaml"
         ) from None
-    try:
-        network.load_state_dict(state["network"])
-    except RuntimeError as err:  # missing or unexpected keys, or a size mismatch
-        detail = " ".join(str(err).split())[:300]
-        raise LungTumorError(
-            f"checkpoint does not fit the network_def {type(network).__name__} of config.yaml ({detail})", path
-        ) from None
+    load_network_state(network, state, path, "checkpoint does not fit the network_def {} of config.yaml")
     return network.to(device).eval(), config
+
+
+def read_network_state(path: Path, device: str | torch.device = "cpu", what: str = "") -> dict[str, Any]:
+    """The network state of a lung-tumor checkpoint file; ``what`` prefixes the error (``training.init_from: ``).
+
+    Raises:
+        LungTumorError: the file is unreadable (truncated, foreign) or holds no network state.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: one line for the user
+        raise LungTumorError(f"{what}cannot read checkpoint ({type(err).__name__})", path) from None
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise LungTumorError(f"{what}not a lung-tumor checkpoint (it holds no network state)", path)
+    return state["network"]
+
+
+def load_network_state(network: torch.nn.Module, state: dict[str, Any], path: Path, mismatch: str) -> None:
+    """``network.load_state_dict(state)``; a misfit is one line, ``mismatch`` formatted with the network's class.
+
+    Raises:
+        LungTumorError: missing or unexpected keys, or a size mismatch.
+    """
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise LungTumorError(f"{mismatch.format(type(network).__name__)} ({detail})", path) from None
 
 
 def load_initial_weights(network: torch.nn.Module, source: str | Path) -> Path:
@@ -242,20 +259,8 @@ def load_initial_weights(network: torch.nn.Module, source: str | Path) -> Path:
             raise LungTumorError("training.init_from: the folder has no checkpoints/best.pt or last.pt", source)
     if not path.is_file():
         raise LungTumorError("training.init_from: no such checkpoint file or folder", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: one line for the user
-        raise LungTumorError(f"training.init_from: cannot read checkpoint ({type(err).__name__})", path) from None
-    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
-        raise LungTumorError("training.init_from: not a lung-tumor checkpoint (it holds no network state)", path)
-    try:
-        network.load_state_dict(state["network"])
-    except RuntimeError as err:  # missing or unexpected keys, or a size mismatch
-        detail = " ".join(str(err).split())[:300]
-        raise LungTumorError(
-            f"training.init_from: the weights do not fit the config's network_def {type(network).__name__} ({detail})",
-            path,
-        ) from None
+    state = read_network_state(path, what="training.init_from: ")
+    load_network_state(network, state, path, "training.init_from: the weights do not fit the config's network_def {}")
     return path
 
 

@@ -723,5 +723,5 @@ def _attach_tensorboard_images(
         image = item["image"][0, z].cpu()
         if image.ndim == 3:  # 2.5D input: the centre slice
             image = image[image.shape[0] // 2]
-        grid = torch.cat([image.clamp(0, 1), label[z], pred[z]], dim=-1)[None].float().cpu()
+        grid = torch.cat([image.clamp(0, 1), label[z], pred[z]], dim=-1)[None].float()
         writer.add_image(f"validation/{item['case']}", grid, trainer.state.epoch)
