@@ -102,9 +102,16 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if len(args.run) > 1:
+        from lung_tumor.ensemble import export_ensemble
+
+        if args.checkpoint != "best":
+            raise LungTumorError("an ensemble takes each run's best checkpoint: leave out --checkpoint", args.out)
+        export_ensemble(args.run, args.out, overwrite=args.overwrite)
+        return
     from lung_tumor.export import export_model
 
-    export_model(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    export_model(args.run[0], args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -267,8 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_tune)
 
-    p = commands.add_parser("export", help="copy a run's weights, config and post-processing into a model folder")
-    p.add_argument("--run", required=True, type=Path)
+    p = commands.add_parser(
+        "export", help="copy a run's weights, config and post-processing into a model folder (several: an ensemble)"
+    )
+    p.add_argument(
+        "--run",
+        required=True,
+        type=Path,
+        action="append",
+        help="training run folder; give it two or more times for an ensemble that averages their probabilities",
+    )
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_atomic, write_json
@@ -24,6 +26,47 @@ from lung_tumor.postprocessing import FILENAME as POSTPROCESS_FILENAME
 from lung_tumor.training.run import checkpoint_file, load_trained_model
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportPlan:
+    """What :func:`export_model` will write for one run: checked, not yet written."""
+
+    run: Path
+    out: Path
+    network: torch.nn.Module
+    config: ConfigParser
+    source: Path
+    weights: Path
+    postprocess: Path | None
+    metadata: dict[str, Any]
+    outputs: list[Path]
+
+
+def plan_export(plan: OutputPlan, run: Path, out: Path, checkpoint: str = "best") -> ExportPlan:
+    """Load and check ``run``'s model and add the files of its model folder ``out`` to ``plan``.
+
+    Raises:
+        LungTumorError: the run or its checkpoint is missing, unreadable or does not fit its config.
+    """
+    network, config = load_trained_model(run, checkpoint)  # every check prediction will make, before writing
+    source = checkpoint_file(run, checkpoint, config)
+    weights = out / "checkpoints" / checkpoint_file(out, "best", config).name
+    metadata_path = run / "metadata.json"
+    try:
+        metadata: dict[str, Any] = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise LungTumorError(f"unreadable ({type(err).__name__})", metadata_path) from None
+    postprocess = run / POSTPROCESS_FILENAME
+    plan.inputs.extend(path for path in (run / "config.yaml", source, postprocess) if path.exists())
+    outputs = [out / "config.yaml", out / "metadata.json", weights]
+    if postprocess.is_file():
+        outputs.append(out / POSTPROCESS_FILENAME)
+    for path in outputs:
+        plan.add_file(path, vouched_by=out / "metadata.json" if path != out / "metadata.json" else None)
+    return ExportPlan(
+        run, out, network, config, source, weights, postprocess if postprocess.is_file() else None, metadata, outputs
+    )
 
 
 def export_model(run: str | Path, out: str | Path, checkpoint: str = "best", overwrite: bool = False) -> Path:
@@ -42,38 +85,28 @@ def export_model(run: str | Path, out: str | Path, checkpoint: str = "best", ove
         LungTumorError: the run or its checkpoint is missing, unreadable or does not fit its config, or an
             output is unsafe (checked before anything is written).
     """
-    run, out = Path(run), Path(out)
-    network, config = load_trained_model(run, checkpoint)  # every check prediction will make, before writing
-    source = checkpoint_file(run, checkpoint, config)
-    weights = out / "checkpoints" / checkpoint_file(out, "best", config).name
-    metadata_path = run / "metadata.json"
-    try:
-        metadata: dict[str, Any] = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise LungTumorError(f"unreadable ({type(err).__name__})", metadata_path) from None
-    postprocess = run / POSTPROCESS_FILENAME
-    inputs = [path for path in (run / "config.yaml", source, postprocess) if path.exists()]
-    plan = OutputPlan(inputs=inputs, overwrite=overwrite)
-    outputs = [out / "config.yaml", out / "metadata.json", weights]
-    if postprocess.is_file():
-        outputs.append(out / POSTPROCESS_FILENAME)
-    for path in outputs:
-        plan.add_file(path, vouched_by=out / "metadata.json" if path != out / "metadata.json" else None)
+    plan = OutputPlan(overwrite=overwrite)
+    export = plan_export(plan, Path(run), Path(out), checkpoint)
     plan.check()
+    write_export(export)
+    return export.weights
 
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
-    write_atomic(weights, lambda stream: torch.save({"network": state}, stream), mode="wb")
+
+def write_export(export: ExportPlan) -> None:
+    """Write the model folder that :func:`plan_export` planned (each file atomically, readable by all)."""
+    run, out = export.run, export.out
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in export.network.state_dict().items()}
+    write_atomic(export.weights, lambda stream: torch.save({"network": state}, stream), mode="wb")
     shutil.copyfile(run / "config.yaml", out / "config.yaml")
-    if postprocess.is_file():
-        shutil.copyfile(postprocess, out / POSTPROCESS_FILENAME)
+    if export.postprocess is not None:
+        shutil.copyfile(export.postprocess, out / POSTPROCESS_FILENAME)
     metadata = {
-        **metadata,
+        **export.metadata,
         "generator": marker("export"),
-        "exported_from": {"run": str(run), "checkpoint": str(source)},
+        "exported_from": {"run": str(run), "checkpoint": str(export.source)},
     }
     write_json(out / "metadata.json", metadata)
-    for path in outputs:  # readable by every user of an installed package (atomic writes make 0600 files)
+    for path in export.outputs:  # readable by every user of an installed package (atomic writes make 0600 files)
         path.chmod(0o644)
-    size_mb = weights.stat().st_size / 2**20
-    log.info("exported %s (%s) to %s: weights %.1f MB", run, source.name, out, size_mb)
-    return weights
+    size_mb = export.weights.stat().st_size / 2**20
+    log.info("exported %s (%s) to %s: weights %.1f MB", run, export.source.name, out, size_mb)

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
+from lung_tumor.ensemble import FILENAME as ENSEMBLE_FILENAME
+from lung_tumor.ensemble import check_members_compatible, ensemble_members, is_ensemble
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
 from lung_tumor.models import default_model_dir
@@ -274,21 +276,31 @@ class Predictor:
         if self.device.type == "cpu" and torch.get_num_threads() != available_cores():
             torch.set_num_threads(available_cores())  # torch counts the machine's cores, not the ones lent to us
         start = time.perf_counter()
-        network, config = load_trained_model(run_dir, checkpoint, self.device)
+        members = ensemble_members(run_dir) if is_ensemble(run_dir) else [Path(run_dir)]
+        loaded = [load_trained_model(member, checkpoint, self.device) for member in members]
+        configs = [config for _, config in loaded]
+        check_members_compatible(configs, members)
         # channels-last is the layout oneDNN's convolutions work in: no conversion before and after each layer
-        self.network = network.to(memory_format=torch.channels_last)
+        self.networks = [network.to(memory_format=torch.channels_last) for network, _ in loaded]
+        self.network = self.networks[0]
+        self.channels_last = True
+        config = configs[0]
         self.preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
         self.slices_per_batch = slices_per_batch
         self.inferer = SliceStackInferer(context_slices(config), slices_per_batch or 32)
         if precision == "auto":
-            trained_amp = bool((config.get("training") or {}).get("amp", False))
+            trained_amp = all(bool((c.get("training") or {}).get("amp", False)) for c in configs)
             native = self.device.type == "cpu" and cpu_bf16_supported()
             precision = "bfloat16" if trained_amp and native else "float32"
         self.precision = precision
         stored = load_postprocessing(run_dir) if None in overrides.values() else PostProcessing()
         self.postprocessing = stored.with_overrides(**overrides)
         self.run_dir = Path(run_dir)
-        self.checkpoint_path = checkpoint_file(run_dir, checkpoint, config)
+        self.member_checkpoints = [
+            checkpoint_file(member, checkpoint, c) for member, c in zip(members, configs, strict=True)
+        ]
+        ensemble = len(members) > 1 or is_ensemble(run_dir)
+        self.checkpoint_path = self.run_dir / ENSEMBLE_FILENAME if ensemble else self.member_checkpoints[0]
         log.debug(
             "model loaded in %.2f s; predict on %s, %s, %d threads",
             time.perf_counter() - start,
@@ -297,11 +309,22 @@ class Predictor:
             torch.get_num_threads(),
         )
 
-    def _network(self, slices: torch.Tensor) -> torch.Tensor:
-        return self.network(slices.contiguous(memory_format=torch.channels_last))
+    def _member(self, network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``network`` as the inferer calls it, fed in the channels-last layout unless ``channels_last`` is off."""
+
+        def call(slices: torch.Tensor) -> torch.Tensor:
+            if self.channels_last:
+                slices = slices.contiguous(memory_format=torch.channels_last)
+            return network(slices)
+
+        return call
 
     def probabilities(self, volume: torch.Tensor) -> torch.Tensor:
-        """Tumour probabilities of a preprocessed (1, X, Y, Z) volume, same shape."""
+        """Tumour probabilities of a preprocessed (1, X, Y, Z) volume, same shape.
+
+        The mean of the sigmoid outputs over the members of an ensemble and, with ``flip_tta``, over the scan and
+        its mirror images.
+        """
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
         # slices as the slice cache stores them for training: (Z, Y, X)
         stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
@@ -309,12 +332,17 @@ class Predictor:
         inferer = self.inferer
         if self.precision == "bfloat16":
             inferer = AutocastInferer(self.device.type, torch.bfloat16, inner=inferer)
+        # mirror left-right and front-back in the slice plane, then back
+        flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if self.postprocessing.flip_tta else [()]
         with torch.inference_mode():
-            probability = torch.sigmoid(inferer(stack, self._network))  # (1, 1, Z, Y, X)
-            if self.postprocessing.flip_tta:  # mirror left-right and front-back in the slice plane, then back
-                for axis in (-1, -2):
-                    probability += torch.sigmoid(inferer(stack.flip(axis), self._network)).flip(axis)
-                probability /= 3
+            probability = torch.zeros_like(stack)
+            for network in self.networks:
+                call = self._member(network)
+                for axes in flips:
+                    view = stack.flip(axes) if axes else stack
+                    member = torch.sigmoid(inferer(view, call))
+                    probability += member.flip(axes) if axes else member
+            probability /= len(self.networks) * len(flips)
             probability = probability[0].permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
         return probability.clone()  # a normal tensor: the inverse transforms may work on it in place
 
@@ -365,6 +393,7 @@ class Predictor:
             settings.lung_mask,
             precision=self.precision,
             flip_tta=settings.flip_tta,
+            ensemble_members=self.member_checkpoints if self.checkpoint_path.name == ENSEMBLE_FILENAME else (),
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def prediction_provenance(
     series_instance_uid: str | None = None,
     precision: str = "float32",
     flip_tta: bool = False,
+    ensemble_members: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -72,10 +74,11 @@ def prediction_provenance(
         series_instance_uid: the DICOM SeriesInstanceUID (read from the folder's first file when not given).
         precision: the network's arithmetic: ``float32``, or ``bfloat16`` autocast.
         flip_tta: whether the probabilities average the scan and its in-plane mirror images.
+        ensemble_members: for an ensemble (``checkpoint`` is then its ``ensemble.json``), each member's checkpoint.
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
-    return {
+    provenance = {
         "package": "lung_tumor",
         "package_version": lung_tumor.__version__,
         "run_dir": str(Path(run_dir).resolve()),
@@ -93,3 +96,6 @@ def prediction_provenance(
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
     }
+    if ensemble_members:
+        provenance["ensemble_members"] = [str(Path(path).resolve()) for path in ensemble_members]
+    return provenance

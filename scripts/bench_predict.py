@@ -109,11 +109,6 @@ def inference_variants(run: Path, image: Path, repeats: int) -> None:
 
     predictor = Predictor(run, precision="float32")
     volume = predictor.prepare(image).volume
-    channels_last = predictor._network
-
-    def plain_layout(slices: torch.Tensor) -> torch.Tensor:
-        return predictor.network(slices.contiguous())
-
     variants = {  # name: (precision, slices per batch, channels-last)
         "float32, 32 slices per batch, contiguous (before)": ("float32", 32, False),
         "float32, batch from slice size": ("float32", None, False),
@@ -126,7 +121,7 @@ def inference_variants(run: Path, image: Path, repeats: int) -> None:
         for name, (precision, batch, last) in variants.items():
             predictor.precision, predictor.slices_per_batch = precision, batch
             predictor.network.to(memory_format=torch.channels_last if last else torch.contiguous_format)
-            predictor._network = channels_last if last else plain_layout
+            predictor.channels_last = last
             start = time.perf_counter()
             predictor.probabilities(volume)
             seconds[name].append(time.perf_counter() - start)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from lung_tumor.config import load_config
 from lung_tumor.data.manifest import ALL_FOLD, fold_split, load_manifest
 from lung_tumor.data.msd import Case, list_cases
+from lung_tumor.ensemble import ensemble_members, is_ensemble
 from lung_tumor.errors import LungTumorError
 from lung_tumor.evaluation.metrics import (
     SUMMARY_METRICS,
@@ -252,19 +253,24 @@ def run_cases(
     all_cases: bool = False,
 ) -> tuple[str | Path, list[Case], str]:
     """The dataset and labelled cases a run is scored on: ``data`` or the run config's ``data.root``, and
-    :func:`select_cases` with the run's fold unless ``fold`` or ``cases`` is given.
+    :func:`select_cases` with the run's fold unless ``fold`` or ``cases`` is given. For an ensemble folder
+    (:mod:`lung_tumor.ensemble`) the config is its first member's, and there is no fold of its own.
 
     Raises:
         LungTumorError: the run folder or its config is missing, or no dataset is known.
     """
     if not run.is_dir():
         raise LungTumorError("run folder not found", run)
-    config = load_config(run / "config.yaml")
+    ensemble = is_ensemble(run)
+    config_path = (ensemble_members(run)[0] if ensemble else run) / "config.yaml"
+    config = load_config(config_path)
     if data is None:
         data = config.get("data::root")
         if not data:
-            raise LungTumorError("no --data given and the run's config has no data.root", run / "config.yaml")
+            raise LungTumorError("no --data given and the run's config has no data.root", config_path)
     if fold is None and not cases:
+        if ensemble and not all_cases:
+            raise LungTumorError("an ensemble has no fold of its own: give --all, --fold or --cases", run)
         fold = config.get("fold")
     chosen, description = select_cases(data, fold=fold, cases=cases, all_cases=all_cases)
     return data, chosen, description
