@@ -11,8 +11,8 @@ An ensemble folder holds one model folder per member (the run layout that ``lung
 
 ``predict``, ``evaluate`` and ``tune`` take such a folder wherever they take a run: each member segments the
 scan and the sigmoid probabilities are averaged (with ``flip_tta``, over members and mirror images alike), as
-nnU-Net averages its folds. Every member must be preprocessed the same way (``preprocess`` and
-``context_slices`` of their configs); the networks may differ.
+nnU-Net averages its folds. Every member must be fed alike (pixel size, image size, orientation and intensity
+scaling of ``preprocess``, and ``context_slices``); the networks and their training may differ.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from lung_tumor.postprocessing import FILENAME as POSTPROCESS_FILENAME
 log = logging.getLogger(__name__)
 
 FILENAME = "ensemble.json"
-#: what members must share: the input the networks were trained on
-SHARED_KEYS = ("preprocess", "context_slices")
+#: the ``preprocess`` fields that prediction applies, which members must share (with ``context_slices``)
+INPUT_FIELDS = ("pixel_mm", "image_size", "orientation", "intensity")
 
 
 def is_ensemble(folder: str | Path) -> bool:
@@ -67,23 +67,36 @@ def ensemble_members(folder: str | Path) -> list[Path]:
     return folders
 
 
+def member_input(config: Any) -> dict[str, Any]:
+    """What a member's network is fed: the preprocessing that prediction applies, and ``context_slices``."""
+    from lung_tumor.config import PreprocessConfig
+    from lung_tumor.training.run import context_slices
+
+    preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
+    return {
+        **{f"preprocess.{name}": getattr(preprocess, name) for name in INPUT_FIELDS},
+        "context_slices": context_slices(config),
+    }
+
+
 def check_members_compatible(configs: Sequence[Any], folders: Sequence[Path]) -> None:
-    """Refuse members whose inputs differ: their probabilities would not be on the same grid.
+    """Refuse members fed differently: their probabilities would not be on the same grid or mean the same.
 
     Args:
         configs: each member's config (``monai.bundle.ConfigParser``).
         folders: each member's folder, for the message.
 
     Raises:
-        LungTumorError: a member's ``preprocess`` or ``context_slices`` differs from the first member's.
+        LungTumorError: a member's pixel size, image size, orientation, intensity scaling or ``context_slices``
+            differs from the first member's (worker counts and training settings may differ).
     """
-    first = {key: configs[0].get(key) for key in SHARED_KEYS}
+    first = member_input(configs[0])
     for config, folder in zip(configs[1:], folders[1:], strict=True):
-        for key in SHARED_KEYS:
-            if config.get(key) != first[key]:
+        for key, value in member_input(config).items():
+            if value != first[key]:
                 raise LungTumorError(
-                    f"ensemble member differs from {folders[0].name} in {key} ({config.get(key)!r} against "
-                    f"{first[key]!r}); members must be preprocessed alike",
+                    f"ensemble member differs from {folders[0].name} in {key} ({value!r} against {first[key]!r}); "
+                    "members must be preprocessed alike",
                     folder / "config.yaml",
                 )
 

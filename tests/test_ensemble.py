@@ -87,7 +87,8 @@ def test_members_must_be_preprocessed_alike(
     out = tmp_path / "ensemble"
     assert main(["export", "--run", str(first), "--run", str(second), "--out", str(out)]) != 0
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "differs from a in preprocess" in error[0] and str(second / "config.yaml") in error[0]
+    assert len(error) == 1 and "differs from a in preprocess.pixel_mm (3.0 against 2.0)" in error[0]
+    assert str(second / "config.yaml") in error[0]
     assert not out.exists()  # nothing written
 
 
