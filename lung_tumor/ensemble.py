@@ -121,6 +121,10 @@ def export_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool
     runs, out = [Path(run) for run in runs], Path(out)
     if len(runs) < 2:
         raise LungTumorError("an ensemble needs at least two runs", out)
+    resolved = [run.resolve() for run in runs]
+    for index, run in enumerate(runs):
+        if resolved[index] in resolved[:index]:
+            raise LungTumorError("given twice: each member must be another run", run)
     if (out / "config.yaml").exists():
         raise LungTumorError("holds a single model (config.yaml): write the ensemble into another folder", out)
     names = [f"member_{index}" for index in range(1, len(runs) + 1)]
@@ -131,11 +135,13 @@ def export_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool
     exports = [plan_export(plan, run, out / name) for run, name in zip(runs, names, strict=True)]
     check_members_compatible([export.config for export in exports], runs)
     plan.check()
-    for export in exports:
-        write_export(export)
+    # an interrupted export leaves no ensemble.json naming half-replaced members
+    (out / FILENAME).unlink(missing_ok=True)
     if stale.is_file():
         stale.unlink()
         log.warning("removed %s: it was chosen for the former members; run lung-tumor tune on the ensemble", stale)
+    for export in exports:
+        write_export(export)
     content = {
         "generator": marker("export", "ensemble"),
         "members": names,

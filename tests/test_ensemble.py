@@ -98,6 +98,9 @@ def test_export_refuses_one_run_a_single_model_folder_and_a_checkpoint(
     first, second = copies(trained_runs, tmp_path)
     with pytest.raises(LungTumorError, match="at least two runs"):
         export_ensemble([first], tmp_path / "one")
+    with pytest.raises(LungTumorError, match="given twice"):
+        export_ensemble([first, second, tmp_path / "a" / ".." / "a"], tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()
     single = tmp_path / "single"
     assert main(["export", "--run", str(first), "--out", str(single)]) == 0
     with pytest.raises(LungTumorError, match="holds a single model"):
