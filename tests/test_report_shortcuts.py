@@ -30,7 +30,7 @@ from lung_tumor.location import (
     _tissue_regions,
 )
 from lung_tumor.report import tumour_report
-from lung_tumor.report_html import _displayed, _png_data_uri, lesion_figure, write_report_html
+from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
 from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
 from lung_tumor.visualize import _DisplayVolume
 
@@ -211,4 +211,4 @@ def test_page_pictures_from_lesion_crops_match_pictures_from_whole_masks(storage
         alone = labels == labels[tuple(int(round(c)) for c in lesion["centroid_voxel"])]
         volume = _DisplayVolume(hu.astype(np.float32), affine, {})
         volume.masks["lesion"] = _displayed(alone, affine)  # the whole displayed grid
-        np.testing.assert_array_equal(_pixels(uri), _pixels(_png_data_uri(lesion_figure(volume, lesion))))
+        np.testing.assert_array_equal(_pixels(uri), _pixels(_png_data_uri(lesion_picture(volume, lesion))))
