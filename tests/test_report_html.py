@@ -23,7 +23,6 @@ from lung_tumor.report_html import (
     PICTURE_SIZE,
     SHORT_AXIS_COLOUR,
     _rgb,
-    _window,
     display_pixels,
     lesion_picture,
     pictured_lesions,
@@ -203,6 +202,8 @@ def test_picture_outlines_the_lesion_on_its_own_voxels_and_draws_the_calipers_at
         # axial: the outline's colour on the lesion's voxels of the slice only, on every voxel of its edge
         pixels, rows, columns = _panel_voxels(picture, volume, 0)
         on_scan = (rows >= 0)[:, None] & (columns >= 0)[None, :]
+        # radiological view: anterior up (the displayed rows run anterior -> posterior), patient's right on the left
+        assert np.all(np.diff(rows[rows >= 0]) >= 0) and np.all(np.diff(columns[columns >= 0]) >= 0)
         where = np.ix_(np.maximum(rows, 0), np.maximum(columns, 0))
         section = shown[:, :, picture.axial_slice]
         on_lesion = section[where] & on_scan
@@ -215,7 +216,8 @@ def test_picture_outlines_the_lesion_on_its_own_voxels_and_draws_the_calipers_at
             assert (under & (outline | callipers)).any(), f"edge voxel {row, column} not outlined"
         # elsewhere the CT in the lung window, voxel by voxel (letters and scale bar aside)
         plain = on_scan & ~on_lesion & ~callipers
-        expected = _window(volume.image[:, :, picture.axial_slice][where])
+        lung_window = (volume.image[:, :, picture.axial_slice][where] + 1350.0) * 256 / 1500  # W1500 / L-600
+        expected = np.clip(np.floor(lung_window), 0, 255)
         assert np.mean(pixels[..., 0][plain] == expected[plain]) > 0.97
         # the long axis's ends (markers) on the lesion's corner voxels, the short axis's ends in blue
         for x, y in picture.long_axis_pixels:
@@ -230,6 +232,7 @@ def test_picture_outlines_the_lesion_on_its_own_voxels_and_draws_the_calipers_at
 
         # coronal: the outline on the lesion's voxels of the row, the dashed line on the axial slice shown
         pixels, slices, columns = _panel_voxels(picture, volume, 1)
+        assert np.all(np.diff(slices[slices >= 0]) <= 0)  # superior up (the displayed slices run upwards)
         where = np.ix_(np.maximum(slices, 0), np.maximum(columns, 0))
         along_row = shown[picture.coronal_row].T
         on_lesion = along_row[where] & (slices >= 0)[:, None] & (columns >= 0)[None, :]
