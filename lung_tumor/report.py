@@ -188,6 +188,25 @@ def label_in_bounding_box(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, count
 
 
+def nearest_along_lines(mask: np.ndarray, axis: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the voxels at ``start:stop`` along ``axis``: the index of the nearest ``mask`` voxel at or before each
+    one on its line along ``axis`` (-1 when none), and at or after it (the line's length when none).
+
+    int32 positions (a line is far shorter than 2**31); the running maximum runs from the line's start to ``stop``
+    only, the running minimum from ``start`` to the line's end: what the voxels in ``start:stop`` see of them.
+    """
+    length = mask.shape[axis]
+
+    def along(low: int, high: int) -> tuple[slice, ...]:
+        return tuple(slice(low, high) if a == axis else slice(None) for a in range(mask.ndim))
+
+    index = np.arange(length, dtype=np.int32).reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
+    head, tail = along(0, stop), along(start, length)
+    before = np.maximum.accumulate(np.where(mask[head], index[head], -1), axis=axis)[along(start, stop)]
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(mask[tail], index[tail], length), axis), axis=axis), axis)
+    return before, after[along(0, stop - start)]
+
+
 def _contacts(
     lesion_box: np.ndarray,
     box: tuple[slice, ...],
@@ -210,12 +229,8 @@ def _contacts(
     # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either
     # side: tissue whose two nearest lung voxels lie on opposite sides of the midline is between the lungs.
     length = row_lungs.shape[lr_axis]
-    index = np.arange(length).reshape([-1 if a == lr_axis else 1 for a in range(3)])
-    before = np.maximum.accumulate(np.where(row_lungs, index, -1), axis=lr_axis)
-    after = np.flip(np.minimum.accumulate(np.flip(np.where(row_lungs, index, length), lr_axis), axis=lr_axis), lr_axis)
-    columns = np.arange(box[lr_axis].start, box[lr_axis].stop)
-    before = np.take(before, columns, axis=lr_axis)[tissue]
-    after = np.take(after, columns, axis=lr_axis)[tissue]
+    before, after = nearest_along_lines(row_lungs, lr_axis, box[lr_axis].start, box[lr_axis].stop)
+    before, after = before[tissue], after[tissue]
     voxels = np.argwhere(tissue) + np.array([s.start for s in box])
     x = voxels @ affine[0, :3] + affine[0, 3]
     step = affine[0, lr_axis]  # world x change per voxel along the left-right axis

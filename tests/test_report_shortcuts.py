@@ -29,7 +29,7 @@ from lung_tumor.location import (
     _nearest_voxels,
     _tissue_regions,
 )
-from lung_tumor.report import tumour_report
+from lung_tumor.report import nearest_along_lines, tumour_report
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
 from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
 from lung_tumor.visualize import _DisplayVolume
@@ -177,6 +177,27 @@ def chest_with_lesions() -> tuple[np.ndarray, np.ndarray]:
     add_box(hu, mask, (77, 30, 32), (85, 36, 36))  # against the mediastinum
     add_sphere(hu, mask, (-45.0, 0.0, 10.0), 6.0)  # inside the left lung
     return hu, mask
+
+
+@pytest.mark.parametrize(("axis", "start", "stop"), [(0, 3, 9), (1, 0, 10), (2, 4, 5), (0, 0, 13)])
+def test_nearest_mask_voxels_along_lines_in_a_box_as_along_every_whole_line(axis: int, start: int, stop: int) -> None:
+    rng = np.random.default_rng(axis + start)
+    mask = rng.random((13, 10, 11)) < 0.15
+    mask[:, :, 2] = False  # lines with no mask voxel at all
+    before, after = nearest_along_lines(mask, axis, start, stop)
+    moved = np.moveaxis(mask, axis, 0)
+    expected_before = np.full((stop - start, *moved.shape[1:]), -1)
+    expected_after = np.full((stop - start, *moved.shape[1:]), moved.shape[0])
+    for i, j in np.ndindex(*moved.shape[1:]):
+        hits = np.flatnonzero(moved[:, i, j])
+        for position in range(start, stop):
+            earlier, later = hits[hits <= position], hits[hits >= position]
+            if earlier.size:
+                expected_before[position - start, i, j] = earlier.max()
+            if later.size:
+                expected_after[position - start, i, j] = later.min()
+    np.testing.assert_array_equal(before, np.moveaxis(expected_before, 0, axis))
+    np.testing.assert_array_equal(after, np.moveaxis(expected_after, 0, axis))
 
 
 def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
