@@ -55,10 +55,12 @@ def _largest_per_slice(tissue: np.ndarray) -> np.ndarray:
     highest label, with no search of the label map.
     """
     by_slice = np.ascontiguousarray(np.moveaxis(tissue, -1, 0))
-    labels, count = ndimage.label(by_slice, structure=np.moveaxis(_IN_PLANE_CROSS, -1, 0))
+    # intp labels, the index type of bincount and take (no converted copy of the label map); sizes counted on the
+    # labelled voxels only
+    labels, count = ndimage.label(by_slice, structure=np.moveaxis(_IN_PLANE_CROSS, -1, 0), output=np.intp)
     if not count:
         return np.zeros_like(tissue)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = np.bincount(labels[by_slice], minlength=count + 1)[1:]
     highest = np.maximum.accumulate(labels.reshape(len(labels), -1).max(axis=1))
     slices = np.searchsorted(highest, np.arange(1, count + 1))
     order = np.lexsort((sizes, slices))  # by slice, then by size: the last of each slice is its largest
@@ -121,7 +123,7 @@ def _two_largest(mask: np.ndarray) -> np.ndarray:
     labels, count = label_lesions(mask)
     if count <= 2:
         return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = np.bincount(labels[mask != 0], minlength=count + 1)[1:]  # the labelled voxels only
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.argsort(sizes)[::-1][:2] + 1] = True
     return keep[labels]
