@@ -11,10 +11,10 @@ instead. The arrays are handed over as ``predict`` holds them: int16 CT and uint
 working tree; each run is its own process, the two interleaved ``--repeats`` times (a change of load on a shared
 machine touches both alike). Printed: median and range of each step, the CPU time of the whole report path (the
 process's, all threads: the core time the report needs, which other jobs' load inflates far less than the wall
-clock; for this single-threaded numpy and scipy code, about the wall clock of an idle machine), the peak of the memory the report path
-allocates (tracemalloc, above what the process holds before it: the CT, mask and probabilities), the load average,
-and whether both write the same reports (JSON and text identical, the HTML page identical but for the PNG bytes,
-its pictures pixel for pixel).
+clock; for this single-threaded numpy and scipy code, about the wall clock of an idle machine), the peak of the
+memory the report path allocates (tracemalloc, above what the process holds before it: the CT, mask and
+probabilities), the load average, and whether both write the same reports (JSON and text identical, the HTML page
+identical but for the PNG bytes, its pictures pixel for pixel).
 
 Usage: python scripts/bench_report.py [--before 016e825] [--repeats 3] [--mask PRED.nii.gz] [--work DIR]
 """
