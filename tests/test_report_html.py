@@ -240,3 +240,18 @@ def test_picture_outlines_the_lesion_on_its_own_voxels_and_draws_the_calipers_at
         assert outline.sum() > 100 and not (outline & ~on_lesion).any()
         dashes = np.all(pixels == _rgb(LONG_AXIS_COLOUR), axis=2)
         assert dashes.sum() > 100 and set(slices[np.flatnonzero(dashes.any(axis=1))]) == {picture.axial_slice}
+
+
+def test_page_gives_each_picture_its_panels_headings(tmp_path: Path) -> None:
+    hu, mask = two_lesion_case()
+    report = tumour_report(mask, AFFINE, hu)
+    page = write_report_html(report, mask, hu, AFFINE, tmp_path / "case_report.html", "case").read_text()
+    for number in report["recist"]["target_lesions"]:
+        lesion = report["lesions"][number - 1]
+        picture = page.index(f"<h2>Lesion {number} (target)</h2>")
+        axial = page.index(f"<div class=panels><p>axial, slice {lesion['longest_axial_diameter_slice_number']} (z = ")
+        coronal = page.index(
+            f"<p>coronal through the centroid: craniocaudal extent {lesion['craniocaudal_extent_mm']:.1f}"
+        )
+        assert picture < axial < coronal < page.index('<img src="data:image/png', picture)
+        assert f"long axis {lesion['longest_axial_diameter_mm']:.1f} mm, short axis" in page[axial:coronal]
