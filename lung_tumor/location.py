@@ -36,7 +36,15 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import pdist
 
-from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, mask_bounding_box, voxel_spacing
+from lung_tumor.report import (
+    BODY_MIN_HU,
+    axial_axis,
+    hu_above,
+    hu_below,
+    left_right_axis,
+    mask_bounding_box,
+    voxel_spacing,
+)
 from lung_tumor.thorax import ThoraxMasks, _sample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
@@ -251,14 +259,14 @@ def _track_airway(
         index = [slice(None)] * 3
         index[axis] = k
         index[in_plane[0]], index[in_plane[1]] = box
-        return np.asarray(image_hu[tuple(index)]) < AIRWAY_MAX_HU
+        return hu_below(np.asarray(image_hu[tuple(index)]), AIRWAY_MAX_HU)
 
     # the trachea on the top slice: a round air component walled by tissue, near the midline
     top = next(iter(order))
     full = (slice(0, image_hu.shape[in_plane[0]]), slice(0, image_hu.shape[in_plane[1]]))
     top_index = [slice(None)] * 3
     top_index[axis] = top
-    top_tissue = np.asarray(image_hu[tuple(top_index)]) > BODY_MIN_HU
+    top_tissue = hu_above(np.asarray(image_hu[tuple(top_index)]), BODY_MIN_HU)
     labels, count = ndimage.label(section(top, full))
     ring_steps = [max(1, int(math.ceil(TRACHEA_WALL_MM / s))) for s in spacing[in_plane]]
     best, best_area = None, 0.0
@@ -482,7 +490,7 @@ def lung_anatomy(
     # the tissue around the lungs (the tumour left out: it is neither)
     body = thorax.coarse_body
     if body is None or body.shape != regions.shape:
-        body = _sample(np.asarray(image_hu), factors) > BODY_MIN_HU
+        body = hu_above(_sample(np.asarray(image_hu), factors), BODY_MIN_HU)
     tissue = body & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
@@ -595,7 +603,7 @@ def lesion_location(
     lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
     lungs = thorax.lungs(big) & ~(np.asarray(all_lesions[big]) != 0)
     regions = anatomy.regions_at(big, lungs=False)
-    tissue = (np.asarray(image_hu[big]) > BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
+    tissue = hu_above(np.asarray(image_hu[big]), BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
     points = np.argwhere(lesion)
     offset = np.array([s.start for s in big])
     world = (points + offset) @ affine[:3, :3].T + affine[:3, 3]

@@ -25,7 +25,15 @@ import numpy as np
 from scipy import ndimage
 
 from lung_tumor.evaluation.lesions import label_lesions
-from lung_tumor.report import AIR_MAX_HU, BODY_MIN_HU, axial_axis, mask_bounding_box, voxel_spacing
+from lung_tumor.report import (
+    AIR_MAX_HU,
+    BODY_MIN_HU,
+    axial_axis,
+    hu_above,
+    hu_below,
+    mask_bounding_box,
+    voxel_spacing,
+)
 
 COARSE_MM = 3.0  # the coarse grid's voxel is at most this along each axis (no coarser than the scan)
 HULL_DIRECTIONS = 32  # sides of the polygon around each slice's torso (at most 0.5% wider than its hull)
@@ -185,7 +193,7 @@ class ThoraxMasks:
         if any(s.stop <= s.start for s in box):
             return np.zeros([max(s.stop - s.start, 0) for s in box], dtype=bool)
         coarse, region = self._coarse(box)
-        candidate = (np.asarray(self.image_hu[box]) < AIR_MAX_HU) & region
+        candidate = hu_below(np.asarray(self.image_hu[box]), AIR_MAX_HU) & region
         return fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
@@ -203,9 +211,9 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     axis = axial_axis(affine)
     factors = coarse_factors(voxel_spacing(affine))
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
-    body = coarse > BODY_MIN_HU
+    body = hu_above(coarse, BODY_MIN_HU)
     torso = _largest_per_slice(body)
-    inside_air = (coarse < AIR_MAX_HU) & _inside_hulls(torso)
+    inside_air = hu_below(coarse, AIR_MAX_HU) & _inside_hulls(torso)
     lungs = np.zeros(inside_air.shape, dtype=bool)
     box = mask_bounding_box(inside_air)  # nothing outside it: the same components and holes inside it
     if box is not None:

@@ -30,7 +30,7 @@ from lung_tumor.location import (
     _tissue_regions,
 )
 from lung_tumor.measurements import _boundary, axial_axis, axial_calipers, caliper_diameter
-from lung_tumor.report import nearest_along_lines, tumour_report
+from lung_tumor.report import hu_above, hu_below, nearest_along_lines, tumour_report
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
 from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
 from lung_tumor.visualize import _DisplayVolume
@@ -277,6 +277,20 @@ def test_longest_axial_caliper_from_the_slices_that_may_hold_it_as_from_every_sl
         found = axial_calipers(lesion, affine)
         assert found["long_mm"] == length and found["slice"] == k, f"trial {trial}"
         np.testing.assert_array_equal(np.delete(found["ends"], axial, axis=1), np.stack([a, b]))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, np.int8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("threshold", [-500.0, -400.0, -500.5, -399.25, 0.0, 127.5, 200.0, -3000.0, 70000.0])
+def test_hu_thresholds_in_the_cts_own_type_as_in_float64(dtype: type, threshold: float) -> None:
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    low, high = (max(info.min, -3100), min(info.max, 3100)) if info else (-3100, 3100)
+    values = np.random.default_rng(0).integers(low, high + 1, size=4000).astype(dtype)
+    values[:6] = np.clip([-501, -500, -499, -401, -400, -399], low, high).astype(dtype)  # both sides of each edge
+    exact = values.astype(np.float64)
+    np.testing.assert_array_equal(hu_above(values, threshold), exact > threshold)
+    np.testing.assert_array_equal(hu_below(values, threshold), exact < threshold)
+    out = np.empty(values.shape, dtype=bool)
+    assert hu_above(values, threshold, out=out) is out and np.array_equal(out, exact > threshold)
 
 
 def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
