@@ -45,7 +45,7 @@ from lung_tumor.report import (
     mask_bounding_box,
     voxel_spacing,
 )
-from lung_tumor.thorax import ThoraxMasks, _sample
+from lung_tumor.thorax import ThoraxMasks, _sample, upsample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
 REPORT_GAP_MM = 10.0  # gaps up to this are reported (further structures: gap_mm is None)
@@ -210,7 +210,7 @@ class LungAnatomy:
                 ~keep, sampling=np.array(self.factors), return_distances=False, return_indices=True
             )
             crop = crop[tuple(nearest)]
-        return crop[np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))]
+        return upsample(crop, [i - lo for i, lo in zip(index, low, strict=True)])
 
     def summary(self) -> dict[str, Any]:
         """The scan-level ``lungs`` section of the report."""

@@ -55,6 +55,19 @@ def _sample(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
     return np.pad(view, short, mode="edge") if any(s for _, s in short) else np.array(view)
 
 
+def upsample(coarse: np.ndarray, index: list[np.ndarray]) -> np.ndarray:
+    """``coarse[np.ix_(*index)]`` for non-decreasing indices (a coarse grid onto a box of the full one), as runs.
+
+    Each axis in turn takes every coarse voxel once and repeats it as often as it occurs: a copy per axis, several
+    times cheaper than gathering each voxel through the three index arrays.
+    """
+    out = coarse
+    for axis, along in enumerate(index):
+        values, counts = np.unique(along, return_counts=True)
+        out = np.repeat(np.take(out, values, axis=axis), counts, axis=axis)
+    return out
+
+
 def _largest_per_slice(tissue: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of each axial slice (axial axis last), all slices at once.
 
@@ -166,8 +179,8 @@ class ThoraxMasks:
         low = [max(int(i[0]) - 1, 0) for i in index]
         crop = self.coarse_lungs[tuple(slice(lo, int(i[-1]) + 2) for lo, i in zip(low, index, strict=True))]
         grown = ndimage.maximum_filter(crop.view(np.uint8), size=3).view(bool)
-        local = np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))
-        return crop[local], grown[local]
+        local = [i - lo for i, lo in zip(index, low, strict=True)]
+        return upsample(crop, local), upsample(grown, local)
 
     def _box(self, box: tuple[slice, ...] | None) -> tuple[slice, ...]:
         shape = np.shape(self.image_hu)

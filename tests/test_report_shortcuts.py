@@ -32,7 +32,7 @@ from lung_tumor.location import (
 from lung_tumor.measurements import _boundary, axial_axis, axial_calipers, caliper_diameter
 from lung_tumor.report import hu_above, hu_below, nearest_along_lines, tumour_report
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
-from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
+from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane, upsample
 from lung_tumor.visualize import _DisplayVolume
 
 
@@ -291,6 +291,21 @@ def test_hu_thresholds_in_the_cts_own_type_as_in_float64(dtype: type, threshold:
     np.testing.assert_array_equal(hu_below(values, threshold), exact < threshold)
     out = np.empty(values.shape, dtype=bool)
     assert hu_above(values, threshold, out=out) is out and np.array_equal(out, exact > threshold)
+
+
+@pytest.mark.parametrize("factors", [(3, 3, 2), (1, 2, 4), (5, 1, 1)])
+def test_coarse_grid_upsampled_by_runs_as_by_gathering_every_voxel(factors: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(factors))
+    coarse = rng.integers(0, 6, size=(7, 5, 6)).astype(np.uint8)
+    for _ in range(10):
+        # a box of the full grid, its coarse voxels clipped to the grid's last one (as a short last block is)
+        starts = [int(rng.integers(0, n * f)) for n, f in zip(coarse.shape, factors, strict=True)]
+        stops = [int(rng.integers(s + 1, n * f + 4)) for s, n, f in zip(starts, coarse.shape, factors, strict=True)]
+        index = [
+            np.minimum(np.arange(a, b) // f, n - 1)
+            for a, b, f, n in zip(starts, stops, factors, coarse.shape, strict=True)
+        ]
+        np.testing.assert_array_equal(upsample(coarse, index), coarse[np.ix_(*index)])
 
 
 def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
