@@ -304,7 +304,7 @@ def lesion_picture(volume: _DisplayVolume, lesion: dict[str, Any], name: str = "
         _square_box(x.min() - half_column, x.max() + half_column, y.min() - half_row, y.max() + half_row, 15.0)
     )
     pixels = _draw_plane(
-        image[:, :, k] if 0 <= k < image.shape[2] else np.full(image.shape[:2], -1024, dtype=np.int16),
+        image[:, :, k],
         section,
         axial.voxels(volume.row_mm, image.shape[0], vertical=True),
         axial.voxels(volume.column_mm, image.shape[1], vertical=False),
