@@ -36,8 +36,16 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import pdist
 
-from lung_tumor.report import BODY_MIN_HU, axial_axis, left_right_axis, mask_bounding_box, voxel_spacing
-from lung_tumor.thorax import ThoraxMasks, _sample
+from lung_tumor.report import (
+    BODY_MIN_HU,
+    axial_axis,
+    hu_above,
+    hu_below,
+    left_right_axis,
+    mask_bounding_box,
+    voxel_spacing,
+)
+from lung_tumor.thorax import ThoraxMasks, _sample, upsample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
 REPORT_GAP_MM = 10.0  # gaps up to this are reported (further structures: gap_mm is None)
@@ -202,7 +210,7 @@ class LungAnatomy:
                 ~keep, sampling=np.array(self.factors), return_distances=False, return_indices=True
             )
             crop = crop[tuple(nearest)]
-        return crop[np.ix_(*(i - lo for i, lo in zip(index, low, strict=True)))]
+        return upsample(crop, [i - lo for i, lo in zip(index, low, strict=True)])
 
     def summary(self) -> dict[str, Any]:
         """The scan-level ``lungs`` section of the report."""
@@ -251,14 +259,14 @@ def _track_airway(
         index = [slice(None)] * 3
         index[axis] = k
         index[in_plane[0]], index[in_plane[1]] = box
-        return np.asarray(image_hu[tuple(index)]) < AIRWAY_MAX_HU
+        return hu_below(np.asarray(image_hu[tuple(index)]), AIRWAY_MAX_HU)
 
     # the trachea on the top slice: a round air component walled by tissue, near the midline
     top = next(iter(order))
     full = (slice(0, image_hu.shape[in_plane[0]]), slice(0, image_hu.shape[in_plane[1]]))
     top_index = [slice(None)] * 3
     top_index[axis] = top
-    top_tissue = np.asarray(image_hu[tuple(top_index)]) > BODY_MIN_HU
+    top_tissue = hu_above(np.asarray(image_hu[tuple(top_index)]), BODY_MIN_HU)
     labels, count = ndimage.label(section(top, full))
     ring_steps = [max(1, int(math.ceil(TRACHEA_WALL_MM / s))) for s in spacing[in_plane]]
     best, best_area = None, 0.0
@@ -482,7 +490,7 @@ def lung_anatomy(
     # the tissue around the lungs (the tumour left out: it is neither)
     body = thorax.coarse_body
     if body is None or body.shape != regions.shape:
-        body = _sample(np.asarray(image_hu), factors) > BODY_MIN_HU
+        body = hu_above(_sample(np.asarray(image_hu), factors), BODY_MIN_HU)
     tissue = body & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
@@ -526,7 +534,9 @@ def _tissue_regions(
     length = crop.shape[lr]
     # each lung voxel coded as 4 x its index along the line + its lung (1 or 2): the running maximum (minimum)
     # of the codes carries the nearest lung voxel before (after) each voxel and which lung it belongs to
-    coded = np.arange(0, 4 * length, 4, dtype=np.int32).reshape([-1 if a == lr else 1 for a in range(3)]) + crop
+    # int16 codes while they fit (the coarse grid is a few hundred voxels across): half the memory traffic of int32
+    code_type = np.int16 if 4 * max(crop.shape) + 4 <= np.iinfo(np.int16).max else np.int32
+    coded = np.arange(0, 4 * length, 4, dtype=code_type).reshape([-1 if a == lr else 1 for a in range(3)]) + crop
     before = np.maximum.accumulate(np.where(lung, coded, -1), axis=lr)
     after = np.flip(np.minimum.accumulate(np.flip(np.where(lung, coded, 4 * length), lr), axis=lr), lr)
     label_before = np.where(before >= 0, before & 3, 0)
@@ -535,7 +545,7 @@ def _tissue_regions(
     superior_first = plane_z[0] > plane_z[-1]
     flip = (lambda a: np.flip(a, ax)) if not superior_first else (lambda a: a)
     slices = crop.shape[ax]
-    steps = np.arange(0, 4 * slices, 4, dtype=np.int32).reshape([-1 if a == ax else 1 for a in range(3)])
+    steps = np.arange(0, 4 * slices, 4, dtype=code_type).reshape([-1 if a == ax else 1 for a in range(3)])
     base = np.maximum.accumulate(np.where(flip(lung), steps + flip(crop), -1), axis=ax)  # superior-first order
     base_label = np.where(base >= 0, base & 3, 0)
     base_step = np.maximum(base >> 2, 0)
@@ -595,7 +605,7 @@ def lesion_location(
     lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
     lungs = thorax.lungs(big) & ~(np.asarray(all_lesions[big]) != 0)
     regions = anatomy.regions_at(big, lungs=False)
-    tissue = (np.asarray(image_hu[big]) > BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
+    tissue = hu_above(np.asarray(image_hu[big]), BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
     points = np.argwhere(lesion)
     offset = np.array([s.start for s in big])
     world = (points + offset) @ affine[:3, :3].T + affine[:3, 3]

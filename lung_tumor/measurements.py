@@ -27,6 +27,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 HULL_MIN_POINTS = 64  # below this, all pairwise distances are cheaper than a convex hull
 PAIRWISE_BLOCK = 512  # rows of the blockwise pairwise-distance search
+BOUND_SLACK_MM = 1e-6  # a slice is skipped only when its bound falls this much short (rounding of the lengths)
 
 RECIST_MIN_DIAMETER_MM = 10.0
 RECIST_MAX_TARGETS = 5
@@ -147,6 +148,30 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
+def _section_bounds(lesion: np.ndarray, axis: int, to_plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The slices along ``axis`` that hold lesion voxels, and a bound (mm) of each one's caliper diameter.
+
+    The bound is the longest diagonal of the section's bounding box in mm, plus the longest chord of a voxel (the
+    largest singular value of ``to_plane``): no two voxel centres of the section lie further apart, and
+    :func:`caliper_diameter` adds at most one chord to their distance.
+    """
+    lesion = np.asarray(lesion, dtype=bool)
+    in_plane = [a for a in range(3) if a != axis]
+    extents = []
+    for other in in_plane[::-1]:  # the extent along the first in-plane axis, then along the second
+        seen = np.moveaxis(np.any(lesion, axis=other), axis if axis < other else axis - 1, 0)  # (slice, along)
+        first = np.argmax(seen, axis=1)
+        last = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
+        extents.append((last - first).astype(float))
+    slices = np.flatnonzero(np.any(lesion, axis=tuple(in_plane)))
+    rows, columns = extents[0][slices], extents[1][slices]
+    diagonal = np.maximum(
+        np.linalg.norm(np.c_[rows, columns] @ to_plane, axis=1),
+        np.linalg.norm(np.c_[rows, -columns] @ to_plane, axis=1),
+    )
+    return slices, diagonal + float(np.linalg.svd(to_plane, compute_uv=False).max())
+
+
 def axial_calipers(lesion: np.ndarray, affine: np.ndarray) -> dict[str, Any] | None:
     """Longest axial diameter (edge to edge) and the perpendicular short axis on the same slice.
 
@@ -166,13 +191,19 @@ def axial_calipers(lesion: np.ndarray, affine: np.ndarray) -> dict[str, Any] | N
     columns = affine[:3, in_plane]
     basis, _ = np.linalg.qr(columns)  # orthonormal basis of the slice plane: 3D mm -> 2D mm, distances kept
     to_plane = columns.T @ basis  # (2, 2): in-plane index offsets -> in-plane mm
+    slices, bound = _section_bounds(lesion, axis, to_plane)
     best = None
-    for k in np.flatnonzero(np.any(lesion, axis=tuple(in_plane))):
+    # the slices most likely to hold the longest diameter first; a slice whose bound falls short of the longest
+    # found cannot hold it, nor tie with it; of equal lengths the first slice wins, as in a loop over all slices
+    for position in np.argsort(-bound, kind="stable"):
+        if best is not None and bound[position] < best[0] - BOUND_SLACK_MM:
+            break
+        k = int(slices[position])
         section = np.take(lesion, k, axis=axis).astype(bool)
         points = np.argwhere(_boundary(section)).astype(float)
         length, a, b = caliper_diameter(points, to_plane)
-        if best is None or length > best[0]:
-            best = (length, int(k), a, b, points)
+        if best is None or length > best[0] or (length == best[0] and k < best[1]):
+            best = (length, k, a, b, points)
     if best is None:
         return None
     length, k, a, b, points = best

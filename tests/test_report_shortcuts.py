@@ -29,9 +29,10 @@ from lung_tumor.location import (
     _nearest_voxels,
     _tissue_regions,
 )
-from lung_tumor.report import tumour_report
-from lung_tumor.report_html import _displayed, _png_data_uri, lesion_figure, write_report_html
-from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane
+from lung_tumor.measurements import _boundary, axial_axis, axial_calipers, caliper_diameter
+from lung_tumor.report import hu_above, hu_below, nearest_along_lines, tumour_report
+from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
+from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane, upsample
 from lung_tumor.visualize import _DisplayVolume
 
 
@@ -179,6 +180,134 @@ def chest_with_lesions() -> tuple[np.ndarray, np.ndarray]:
     return hu, mask
 
 
+@pytest.mark.parametrize(("axis", "start", "stop"), [(0, 3, 9), (1, 0, 10), (2, 4, 5), (0, 0, 13)])
+def test_nearest_mask_voxels_along_lines_in_a_box_as_along_every_whole_line(axis: int, start: int, stop: int) -> None:
+    rng = np.random.default_rng(axis + start)
+    mask = rng.random((13, 10, 11)) < 0.15
+    mask[:, :, 2] = False  # lines with no mask voxel at all
+    before, after = nearest_along_lines(mask, axis, start, stop)
+    moved = np.moveaxis(mask, axis, 0)
+    expected_before = np.full((stop - start, *moved.shape[1:]), -1)
+    expected_after = np.full((stop - start, *moved.shape[1:]), moved.shape[0])
+    for i, j in np.ndindex(*moved.shape[1:]):
+        hits = np.flatnonzero(moved[:, i, j])
+        for position in range(start, stop):
+            earlier, later = hits[hits <= position], hits[hits >= position]
+            if earlier.size:
+                expected_before[position - start, i, j] = earlier.max()
+            if later.size:
+                expected_after[position - start, i, j] = later.min()
+    np.testing.assert_array_equal(before, np.moveaxis(expected_before, 0, axis))
+    np.testing.assert_array_equal(after, np.moveaxis(expected_after, 0, axis))
+
+
+def _calipers_slice_by_slice(lesion: np.ndarray, affine: np.ndarray) -> tuple[float, int, np.ndarray, np.ndarray]:
+    """The longest axial caliper as a plain loop over every slice finds it (the first slice of equal lengths)."""
+    axis = axial_axis(affine)
+    in_plane = [a for a in range(3) if a != axis]
+    columns = affine[:3, in_plane]
+    to_plane = columns.T @ np.linalg.qr(columns)[0]
+    best = None
+    for k in np.flatnonzero(np.any(lesion, axis=tuple(in_plane))):
+        points = np.argwhere(_boundary(np.take(lesion, k, axis=axis))).astype(float)
+        length, a, b = caliper_diameter(points, to_plane)
+        if best is None or length > best[0]:
+            best = (length, int(k), a, b)
+    return best
+
+
+def _grid(spacing: tuple[float, float, float], degrees: float, axial: int, shear: float = 0.0) -> np.ndarray:
+    """An affine with the given voxel size, turned ``degrees`` about world z, the second in-plane axis sheared by
+    ``shear`` (a fraction of the first's direction), its axial voxel axis ``axial``."""
+    turn = np.radians(degrees)
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    rotation[:, 1] = (rotation[:, 1] + shear * rotation[:, 0]) / np.hypot(1.0, shear)
+    order = [0, 1]
+    order.insert(axial, 2)  # the voxel axis that runs along world z
+    affine = np.eye(4)
+    affine[:3, :3] = rotation[:, order] * np.array(spacing)
+    return affine
+
+
+def _random_lesion(rng: np.random.Generator, trial: int, axial: int) -> np.ndarray:
+    """Blobs, scattered voxels, a box (equal sections on several slices) or one straight line on each slice."""
+    shape = rng.integers(3, 18, size=3)
+    kind = trial % 4
+    if kind == 0:
+        return ndimage.binary_opening(rng.random(shape) < 0.6)
+    if kind == 1:
+        return rng.random(shape) < 0.3
+    lesion = np.zeros(shape, dtype=bool)
+    if kind == 2:
+        lesion[1:-1, 1:-1, 1:-1] = True
+        return lesion
+    for k in range(shape[axial]):  # a line along a row, a column or a diagonal: bounds as tight as they get
+        section = np.take(lesion, k, axis=axial)  # a view: drawing on it draws on the lesion
+        step = [(1, 0), (0, 1), (1, 1), (1, -1)][rng.integers(4)]
+        row, column = rng.integers(0, section.shape[0]), rng.integers(0, section.shape[1])
+        for _ in range(rng.integers(1, max(section.shape) + 1)):
+            if 0 <= row < section.shape[0] and 0 <= column < section.shape[1]:
+                section[row, column] = True
+            row, column = row + step[0], column + step[1]
+    return lesion
+
+
+@pytest.mark.parametrize(
+    ("spacing", "degrees", "axial", "shear"),
+    [
+        ((0.7, 0.7, 2.5), 0.0, 2, 0.0),
+        ((0.9, 0.6, 1.2), 30.0, 2, 0.0),
+        ((1.0, 2.0, 0.8), 0.0, 1, 0.0),
+        ((0.8, 0.8, 0.8), 45.0, 0, 0.0),
+        ((0.6, 1.5, 1.0), 10.0, 2, -0.8),
+        ((0.6, 1.5, 1.0), 10.0, 2, 0.8),
+    ],
+)
+def test_longest_axial_caliper_from_the_slices_that_may_hold_it_as_from_every_slice(
+    spacing: tuple[float, float, float], degrees: float, axial: int, shear: float
+) -> None:
+    rng = np.random.default_rng(axial)
+    affine = _grid(spacing, degrees, axial, shear)
+    assert axial_axis(affine) == axial
+    for trial in range(40):
+        lesion = _random_lesion(rng, trial, axial)
+        if not lesion.any():
+            continue
+        length, k, a, b = _calipers_slice_by_slice(lesion, affine)
+        found = axial_calipers(lesion, affine)
+        assert found["long_mm"] == length and found["slice"] == k, f"trial {trial}"
+        np.testing.assert_array_equal(np.delete(found["ends"], axial, axis=1), np.stack([a, b]))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, np.int8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("threshold", [-500.0, -400.0, -500.5, -399.25, 0.0, 127.5, 200.0, -3000.0, 70000.0])
+def test_hu_thresholds_in_the_cts_own_type_as_in_float64(dtype: type, threshold: float) -> None:
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    low, high = (max(info.min, -3100), min(info.max, 3100)) if info else (-3100, 3100)
+    values = np.random.default_rng(0).integers(low, high + 1, size=4000).astype(dtype)
+    values[:6] = np.clip([-501, -500, -499, -401, -400, -399], low, high).astype(dtype)  # both sides of each edge
+    exact = values.astype(np.float64)
+    np.testing.assert_array_equal(hu_above(values, threshold), exact > threshold)
+    np.testing.assert_array_equal(hu_below(values, threshold), exact < threshold)
+    out = np.empty(values.shape, dtype=bool)
+    assert hu_above(values, threshold, out=out) is out and np.array_equal(out, exact > threshold)
+
+
+@pytest.mark.parametrize("factors", [(3, 3, 2), (1, 2, 4), (5, 1, 1)])
+def test_coarse_grid_upsampled_by_runs_as_by_gathering_every_voxel(factors: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(factors))
+    coarse = rng.integers(0, 6, size=(7, 5, 6)).astype(np.uint8)
+    for _ in range(10):
+        # a box of the full grid, its coarse voxels clipped to the grid's last one (as a short last block is)
+        starts = [int(rng.integers(0, n * f)) for n, f in zip(coarse.shape, factors, strict=True)]
+        stops = [int(rng.integers(s + 1, n * f + 4)) for s, n, f in zip(starts, coarse.shape, factors, strict=True)]
+        index = [
+            np.minimum(np.arange(a, b) // f, n - 1)
+            for a, b, f, n in zip(starts, stops, factors, coarse.shape, strict=True)
+        ]
+        np.testing.assert_array_equal(upsample(coarse, index), coarse[np.ix_(*index)])
+
+
 def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
     hu, mask = chest_with_lesions()
     probability = np.where(mask, 0.9, 0.1).astype(np.float32)
@@ -211,4 +340,4 @@ def test_page_pictures_from_lesion_crops_match_pictures_from_whole_masks(storage
         alone = labels == labels[tuple(int(round(c)) for c in lesion["centroid_voxel"])]
         volume = _DisplayVolume(hu.astype(np.float32), affine, {})
         volume.masks["lesion"] = _displayed(alone, affine)  # the whole displayed grid
-        np.testing.assert_array_equal(_pixels(uri), _pixels(_png_data_uri(lesion_figure(volume, lesion))))
+        np.testing.assert_array_equal(_pixels(uri), _pixels(_png_data_uri(lesion_picture(volume, lesion))))
