@@ -225,9 +225,10 @@ class Predictor:
     """Segment CT volumes with a trained run.
 
     Args:
-        run_dir: the training run folder (``config.yaml`` and ``checkpoints/``), or the shipped model's folder
-            (:func:`lung_tumor.models.default_model_dir`).
-        checkpoint: ``best``, ``last`` or a checkpoint path.
+        run_dir: the training run folder (``config.yaml`` and ``checkpoints/``), a model folder (the shipped
+            one: :func:`lung_tumor.models.default_model_dir`), or an ensemble folder (:mod:`lung_tumor.ensemble`),
+            whose members' probabilities are averaged.
+        checkpoint: ``best``, ``last`` or a checkpoint path (of each member, for an ensemble).
         threshold: probability above which a voxel is tumour.
         min_lesion_mm3: remove predicted lesions smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs.
@@ -500,7 +501,7 @@ def predict(
     error that counts the failures.
 
     Args:
-        run: the training run folder; ``None``: the model shipped in the package
+        run: the training run, model or ensemble folder; ``None``: the model shipped in the package
             (:func:`lung_tumor.models.default_model_dir`).
         input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
         output: mask file or folder (default: ``RUN/predictions/``; ``./predictions/`` with the shipped model).
