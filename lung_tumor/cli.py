@@ -224,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = commands.add_parser("predict", help="segment whole CT volumes into NIfTI masks and tumour reports")
-    p.add_argument(
-        "--run", type=Path, default=None, help="run, model or ensemble folder (default: the shipped model)"
-    )
+    p.add_argument("--run", type=Path, default=None, help="run, model or ensemble folder (default: the shipped model)")
     p.add_argument("--input", required=True, type=Path, help="NIfTI file, folder of NIfTI files, or DICOM folder")
     p.add_argument(
         "--output",
