@@ -277,7 +277,8 @@ class Predictor:
         if self.device.type == "cpu" and torch.get_num_threads() != available_cores():
             torch.set_num_threads(available_cores())  # torch counts the machine's cores, not the ones lent to us
         start = time.perf_counter()
-        members = ensemble_members(run_dir) if is_ensemble(run_dir) else [Path(run_dir)]
+        self.ensemble = is_ensemble(run_dir)
+        members = ensemble_members(run_dir) if self.ensemble else [Path(run_dir)]
         loaded = [load_trained_model(member, checkpoint, self.device) for member in members]
         configs = [config for _, config in loaded]
         check_members_compatible(configs, members)
@@ -300,8 +301,7 @@ class Predictor:
         self.member_checkpoints = [
             checkpoint_file(member, checkpoint, c) for member, c in zip(members, configs, strict=True)
         ]
-        ensemble = len(members) > 1 or is_ensemble(run_dir)
-        self.checkpoint_path = self.run_dir / ENSEMBLE_FILENAME if ensemble else self.member_checkpoints[0]
+        self.checkpoint_path = self.run_dir / ENSEMBLE_FILENAME if self.ensemble else self.member_checkpoints[0]
         log.debug(
             "model loaded in %.2f s; predict on %s, %s, %d threads",
             time.perf_counter() - start,
@@ -394,7 +394,7 @@ class Predictor:
             settings.lung_mask,
             precision=self.precision,
             flip_tta=settings.flip_tta,
-            ensemble_members=self.member_checkpoints if self.checkpoint_path.name == ENSEMBLE_FILENAME else (),
+            ensemble_members=self.member_checkpoints if self.ensemble else (),
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 
