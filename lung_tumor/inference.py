@@ -10,7 +10,6 @@ transforms (padding, in-plane resampling, orientation), so the mask has the inpu
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +24,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from lung_tumor.config import PreprocessConfig
+from lung_tumor.cores import available_cores
 from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.ensemble import FILENAME as ENSEMBLE_FILENAME
 from lung_tumor.ensemble import check_members_compatible, ensemble_members, is_ensemble
@@ -97,14 +97,6 @@ class PreparedVolume:
     image: Any
     volume: Any
     transforms: Any
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, as a container or ``taskset`` sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextmanager
@@ -581,7 +573,8 @@ def predict(
                 failure(source, err)
                 continue
             settle(pending)
-            pending = (source, writer.submit(write_prediction, result, paths_of[source]))
+            # a batch keeps the cores busy already: each report in one thread, beside the next scan's inference
+            pending = (source, writer.submit(write_prediction, result, paths_of[source], 1 if many else None))
             del result  # the writer holds it now, and lets it go when written
         settle(pending)
     if failed:
@@ -598,8 +591,11 @@ def _log_error(err: LungTumorError) -> None:
     log.error("%s", err)
 
 
-def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
-    """Write the mask, and the probability map and report when ``paths`` names them, each marked as ours."""
+def write_prediction(result: Prediction, paths: dict[str, Path], workers: int | None = None) -> None:
+    """Write the mask, and the probability map and report when ``paths`` names them, each marked as ours.
+
+    ``workers``: threads for the report's steps that can run side by side (default: the cores this process may use).
+    """
     start = time.perf_counter()
     save_nifti(result.mask, result.affine, paths["mask"], description=marker("predict", "mask"))
     if "probability" in paths:
@@ -612,7 +608,12 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
         spread = {
             "generator": marker("predict"),
             **tumour_report(
-                result.mask, result.affine, result.image_hu, thorax=result.thorax, probability=result.probability
+                result.mask,
+                result.affine,
+                result.image_hu,
+                thorax=result.thorax,
+                probability=result.probability,
+                workers=workers,
             ),
             "provenance": result.provenance,
         }
@@ -622,7 +623,9 @@ def write_prediction(result: Prediction, paths: dict[str, Path]) -> None:
             from lung_tumor.report_html import write_report_html
 
             case = paths["report_html"].name.removesuffix("_report.html")
-            write_report_html(spread, result.mask, result.image_hu, result.affine, paths["report_html"], case)
+            write_report_html(
+                spread, result.mask, result.image_hu, result.affine, paths["report_html"], case, workers=workers
+            )
         log.debug("%s: report %.2f s", result.source.name, time.perf_counter() - written)
         log.info(
             "%s: %d lesion(s), %.2f ml -> %s",

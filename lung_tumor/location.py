@@ -67,6 +67,9 @@ NO_TRACHEA = (
     "the scan may start below the carina"
 )
 
+# the carina (world RAS mm, None when not found), the main bronchi's and the trachea's world points, a note
+Airway = tuple[np.ndarray | None, dict[str, np.ndarray], str]
+
 RIGHT, LEFT = 1, 2
 MEDIASTINUM, CHEST_WALL, DIAPHRAGM = 3, 4, 5
 STRUCTURES = {"chest_wall": CHEST_WALL, "diaphragm": DIAPHRAGM, "mediastinum": MEDIASTINUM}
@@ -237,10 +240,13 @@ class LungAnatomy:
         }
 
 
-def _track_airway(
-    image_hu: np.ndarray, affine: np.ndarray, midline_x: float
-) -> tuple[np.ndarray | None, dict[str, np.ndarray], str]:
-    """The carina and the main bronchi's voxels (world RAS mm), followed slice by slice from the top."""
+def track_airway(image_hu: np.ndarray, affine: np.ndarray, midline_x: float) -> Airway:
+    """The carina and the main bronchi's voxels (world RAS mm), followed slice by slice from the top, and how.
+
+    Returns:
+        The carina (None when not found), the world points of the ``"right"`` and ``"left"`` main bronchi and the
+        ``"trachea"`` (empty when not found), and a note saying whether and how the airway was found.
+    """
     axis = axial_axis(affine)
     in_plane = [a for a in range(3) if a != axis]
     spacing = np.array(voxel_spacing(affine))
@@ -429,6 +435,7 @@ def lung_anatomy(
     thorax: ThoraxMasks,
     midline_x: float,
     tumour: np.ndarray | None = None,
+    airway: Airway | None = None,
 ) -> LungAnatomy:
     """Left and right lungs, the tissue regions around them and the airway of one CT (module docstring).
 
@@ -438,13 +445,14 @@ def lung_anatomy(
         thorax: its lungs (:func:`lung_tumor.thorax.thorax_masks`).
         midline_x: world x (mm) of the body midline (:func:`lung_tumor.report.body_midline_x`).
         tumour: the tumour mask, when known: its voxels are neither lung nor the tissue around it.
+        airway: :func:`track_airway` of the CT when already followed (followed here if not).
     """
     affine = np.asarray(affine, dtype=float)
     factors = thorax.factors
     shape = np.shape(image_hu)
     offsets = tuple(min(f // 2, n - 1) for f, n in zip(factors, shape, strict=True))
     coarse_spacing = np.array(voxel_spacing(affine)) * np.array(factors)
-    carina, bronchi, airway_note = _track_airway(image_hu, affine, midline_x)
+    carina, bronchi, airway_note = track_airway(image_hu, affine, midline_x) if airway is None else airway
 
     def to_full(index: np.ndarray) -> np.ndarray:
         return index * np.array(factors) + np.array(offsets)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from lung_tumor.attenuation import (
     SOLID_MIN_HU,
     lesion_attenuation,
 )
+from lung_tumor.cores import available_cores
 from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.measurements import (
@@ -49,7 +51,6 @@ from lung_tumor.measurements import (
 from lung_tumor.provenance import DISCLAIMER
 
 if TYPE_CHECKING:
-    from lung_tumor.location import LungAnatomy
     from lung_tumor.thorax import ThoraxMasks
 
 BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma below
@@ -281,6 +282,7 @@ def tumour_report(
     thorax: ThoraxMasks | None = None,
     probability: np.ndarray | None = None,
     slice_thickness_mm: float | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Describe the tumour of a segmentation mask: volume, lesions, calipers, RECIST 1.1, T, attenuation, contacts.
 
@@ -294,6 +296,8 @@ def tumour_report(
         probability: the model's tumour probability on the same grid (per-lesion confidence), if known.
         slice_thickness_mm: the reconstructed slice thickness for RECIST measurability (default: the
             spacing of the axial voxel axis).
+        workers: threads for the steps that can run side by side (default: the cores this process may use);
+            the report is the same for any number.
 
     Returns:
         A JSON-ready mapping, documented field by field in ``docs/report_schema.md``: ``schema_version``,
@@ -304,6 +308,8 @@ def tumour_report(
         ValueError: the mask is not 3D, the affine not 4x4, the CT's or the probability's shape differs from
             the mask's, or the slice thickness is not positive.
     """
+    from lung_tumor.thorax import ThoraxMasks, thorax_masks
+
     mask = np.asarray(mask)  # any dtype: compared with 0 box by box, never as a whole-CT copy
     affine = np.asarray(affine, dtype=float)
     if mask.ndim != 3 or affine.shape != (4, 4):
@@ -318,78 +324,70 @@ def tumour_report(
         slice_thickness_mm = spacing[axis]
     if not slice_thickness_mm > 0:
         raise ValueError(f"slice thickness must be > 0 mm, got {slice_thickness_mm}")
-    midline_x, midline_method = body_midline_x(affine, mask.shape, image_hu)
     margin = CONTACT_DILATION_VOXELS + 1
-    # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
-    outer = mask_bounding_box(mask, margin) or (slice(0, 1),) * 3  # an empty mask: one empty voxel
-    labels, count = label_lesions(mask[outer] != 0)
+    # the scan-level steps that do not wait for one another run side by side on the cores there are (scipy and
+    # numpy release the GIL in them): the midline, the lesions' labelling, the lungs, the airway, each lesion
+    with ThreadPoolExecutor(max_workers=max(1, available_cores() if workers is None else workers)) as pool:
+        midline_job = pool.submit(body_midline_x, affine, mask.shape, image_hu)
+        # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
+        outer = mask_bounding_box(mask, margin)
+        thorax_job = airway_job = located = anatomy = None
+        if image_hu is not None and outer is not None and not isinstance(thorax, ThoraxMasks):
+            # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
+            thorax_job = pool.submit(thorax_masks, image_hu, affine)
+        outer = outer or (slice(0, 1),) * 3  # an empty mask: one empty voxel
+        labels, count = label_lesions(mask[outer] != 0)
+        midline_x, midline_method = midline_job.result()
+        if image_hu is not None and count:
+            from lung_tumor.location import track_airway
 
-    contact_note = None
-    if image_hu is None:
-        contact_note = "unknown: no CT given"
-    elif count:
-        if thorax is None:
-            from lung_tumor.thorax import thorax_masks
+            airway_job = pool.submit(track_airway, image_hu, affine, midline_x)
 
-            thorax = thorax_masks(image_hu, affine)
-        slab = tuple(outer[a] if a == axis else slice(None) for a in range(3))
-        if not thorax.any_lungs(slab):
-            contact_note = "unknown: no lung found in the CT (HU-based lung mask empty)"
-    anatomy = located = None
-    if contact_note is None and count:
-        from lung_tumor.location import lung_anatomy
-        from lung_tumor.thorax import ThoraxMasks, thorax_masks
-
-        # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
-        located = thorax if isinstance(thorax, ThoraxMasks) else thorax_masks(image_hu, affine)
-        anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask)
-
-    lesions = []
-    for index, local in enumerate(ndimage.find_objects(labels), start=1):
-        box = tuple(
-            slice(max(o.start + s.start - margin, 0), min(o.start + s.stop + margin, n))
-            for o, s, n in zip(outer, local, mask.shape, strict=True)
-        )
-        lesion_box = (
+        boxes = [
+            tuple(
+                slice(max(o.start + s.start - margin, 0), min(o.start + s.stop + margin, n))
+                for o, s, n in zip(outer, local, mask.shape, strict=True)
+            )
+            for local in ndimage.find_objects(labels)
+        ]
+        lesion_boxes = [
             labels[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer, strict=True))] == index
-        )
-        offset = np.array([s.start for s in box], dtype=float)
-        voxels = int(lesion_box.sum())
-        volume_ml = voxels * voxel_mm3 / 1000.0
-        centroid = np.argwhere(lesion_box).mean(axis=0) + offset
-        world = affine[:3, :3] @ centroid + affine[:3, 3]
-        calipers = lesion_measurements(lesion_box, offset.astype(int), affine, mask.shape)
-        touches_wall = touches_mediastinum = None
-        if contact_note is None:
-            touches_wall, touches_mediastinum = _contacts(lesion_box, box, mask, thorax, image_hu, affine, midline_x)
-        inside = None if probability is None else np.asarray(probability[box], dtype=np.float64)[lesion_box]
-        lesions.append(
-            {
-                "volume_ml": volume_ml,
-                "equivalent_diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1 / 3),
-                **calipers,
-                "centroid_voxel": [float(c) for c in centroid],
-                "centroid_world_mm": [float(c) for c in world],
-                "centroid_lps_mm": [float(c) for c in ras_to_lps(world)],
-                "organ": LUNG_ORGAN,
-                "side": "right" if world[0] > midline_x else "left",
-                "distance_from_midline_mm": float(abs(world[0] - midline_x)),
-                "touches_chest_wall": touches_wall,
-                "touches_mediastinum": touches_mediastinum,
-                "contact_note": contact_note,
-                "attenuation": None
-                if image_hu is None
-                else lesion_attenuation(
-                    lesion_box, image_hu[box], affine, longest_axial_mm=calipers["longest_axial_diameter_mm"]
-                ),
-                "probability_mean": None if inside is None else float(inside.mean()),
-                "probability_max": None if inside is None else float(inside.max()),
-                "flags": reliability_flags(
-                    volume_ml * 1000.0, calipers["longest_axial_diameter_mm"], calipers["principal_axes_ratio"]
-                ),
-            }
-        )
-        lesions[-1].update(_location(lesion_box, box, mask, image_hu, located, anatomy, contact_note))
+            for index, box in enumerate(boxes, start=1)
+        ]
+        contact_note = None
+        if image_hu is None:
+            contact_note = "unknown: no CT given"
+        elif count:
+            located = thorax if thorax_job is None else thorax_job.result()
+            thorax = located if thorax is None else thorax
+            slab = tuple(outer[a] if a == axis else slice(None) for a in range(3))
+            if not thorax.any_lungs(slab):
+                contact_note = "unknown: no lung found in the CT (HU-based lung mask empty)"
+        # each lesion's steps are submitted largest lesion first: the longest task starts first, a short one ends last
+        largest_first = sorted(range(count), key=lambda i: -lesion_boxes[i].size)
+
+        def per_lesion(function: Any, *args: Any) -> list[Any]:
+            """``function(lesion_box, box, *args)`` of each lesion, run in the pool; in the lesions' order."""
+            jobs = {i: pool.submit(function, lesion_boxes[i], boxes[i], *args) for i in largest_first}
+            return [jobs[i] for i in range(count)]
+
+        # the contact flags need the lungs only, each lesion's own figures nothing: they run while the lungs are
+        # split and the tissue around them labelled (submitted earlier, they would slow the lungs' search down)
+        touching = [None] * count if contact_note else per_lesion(_contacts, mask, thorax, image_hu, affine, midline_x)
+        measured = per_lesion(_lesion_entry, affine, mask.shape, image_hu, probability, midline_x)
+        if contact_note is None and count:
+            from lung_tumor.location import lesion_location, lung_anatomy
+
+            anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask, airway=airway_job.result())
+        placed = [None] * count if anatomy is None else per_lesion(lesion_location, mask, image_hu, located, anatomy)
+        lesions = []
+        for entry, contacts, where in zip(measured, touching, placed, strict=True):
+            lesion = entry.result()
+            lesion["contact_note"] = contact_note
+            if contacts is not None:
+                lesion["touches_chest_wall"], lesion["touches_mediastinum"] = contacts.result()
+            lesion.update(_unplaced(contact_note) if where is None else where.result())
+            lesions.append(lesion)
     lesions.sort(key=lambda lesion: -lesion["volume_ml"])
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
@@ -414,22 +412,56 @@ def tumour_report(
     }
 
 
-def _location(
+def _lesion_entry(
     lesion_box: np.ndarray,
     box: tuple[slice, ...],
-    mask: np.ndarray,
+    affine: np.ndarray,
+    shape: tuple[int, ...],
     image_hu: np.ndarray | None,
-    thorax: ThoraxMasks | None,
-    anatomy: LungAnatomy | None,
-    note: str | None,
+    probability: np.ndarray | None,
+    midline_x: float,
 ) -> dict[str, Any]:
-    """Location, contacts and airway distances of one lesion (:mod:`lung_tumor.location`), or why not."""
-    from lung_tumor.location import lesion_location
+    """One lesion's entry from its own voxels (given inside ``box``): size, calipers, attenuation, confidence.
 
-    if anatomy is None:
-        why = note or "unknown"
-        return {"location": {"lung": why, "zone": why, "depth": why, "lobe": why}, "contacts": None, "airway": None}
-    return lesion_location(lesion_box, box, mask, image_hu, thorax, anatomy)
+    Its contact flags are left unknown here, in the places the report keeps for them.
+    """
+    offset = np.array([s.start for s in box], dtype=float)
+    voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
+    volume_ml = int(lesion_box.sum()) * voxel_mm3 / 1000.0
+    centroid = np.argwhere(lesion_box).mean(axis=0) + offset
+    world = affine[:3, :3] @ centroid + affine[:3, 3]
+    calipers = lesion_measurements(lesion_box, offset.astype(int), affine, shape)
+    inside = None if probability is None else np.asarray(probability[box], dtype=np.float64)[lesion_box]
+    return {
+        "volume_ml": volume_ml,
+        "equivalent_diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1 / 3),
+        **calipers,
+        "centroid_voxel": [float(c) for c in centroid],
+        "centroid_world_mm": [float(c) for c in world],
+        "centroid_lps_mm": [float(c) for c in ras_to_lps(world)],
+        "organ": LUNG_ORGAN,
+        "side": "right" if world[0] > midline_x else "left",
+        "distance_from_midline_mm": float(abs(world[0] - midline_x)),
+        "touches_chest_wall": None,
+        "touches_mediastinum": None,
+        "contact_note": None,
+        "attenuation": None
+        if image_hu is None
+        else lesion_attenuation(
+            lesion_box, image_hu[box], affine, longest_axial_mm=calipers["longest_axial_diameter_mm"]
+        ),
+        "probability_mean": None if inside is None else float(inside.mean()),
+        "probability_max": None if inside is None else float(inside.max()),
+        "flags": reliability_flags(
+            volume_ml * 1000.0, calipers["longest_axial_diameter_mm"], calipers["principal_axes_ratio"]
+        ),
+    }
+
+
+def _unplaced(note: str | None) -> dict[str, Any]:
+    """The location of a lesion whose lungs are unknown, and why."""
+    why = note or "unknown"
+    return {"location": {"lung": why, "zone": why, "depth": why, "lobe": why}, "contacts": None, "airway": None}
 
 
 def _yes_no(value: bool | None, note: str | None) -> str:

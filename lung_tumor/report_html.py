@@ -28,9 +28,11 @@ names its generator in a ``<meta name="generator">`` tag.
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage
 
+from lung_tumor.cores import available_cores
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
@@ -644,6 +647,7 @@ def write_report_html(
     affine: np.ndarray,
     path: str | Path,
     title: str = "",
+    workers: int | None = None,
 ) -> Path:
     """Draw the pictured lesions and write the page atomically; returns the path.
 
@@ -654,19 +658,28 @@ def write_report_html(
         affine: its voxel-to-world (RAS) affine.
         path: the HTML file to write.
         title: the case name shown.
+        workers: threads drawing the pictures side by side (default: the cores this process may use).
     """
     pictures: dict[int, str] = {}
     headings: dict[int, tuple[str, str]] = {}
     numbers = pictured_lesions(report)
     volume = _DisplayVolume(image_hu, affine, {}) if numbers else None
-    for number in numbers:
+
+    def draw(number: int) -> tuple[str, tuple[str, str]]:
         lesion = next(item for item in report["lesions"] if item["lesion"] == number)
         box, alone = _lesion_alone(mask, affine, lesion)
-        volume.masks["lesion"] = _LesionMask(
-            _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
-        )
-        picture = lesion_picture(volume, lesion)
-        pictures[number], headings[number] = _png_data_uri(picture), picture.headings
+        shown = copy.copy(volume)  # the same CT, its own lesion: the pictures are drawn side by side
+        shown.masks = {
+            "lesion": _LesionMask(
+                _displayed(alone, affine), _displayed_box(box, affine, np.shape(mask)), volume.image.shape
+            )
+        }
+        picture = lesion_picture(shown, lesion)
+        return _png_data_uri(picture), picture.headings
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(numbers), workers or available_cores()))) as pool:
+        for number, (uri, heading) in zip(numbers, pool.map(draw, numbers), strict=True):
+            pictures[number], headings[number] = uri, heading
     page = report_html(report, pictures, title, headings)
     return write_atomic(path, lambda f: f.write(page))
 

@@ -19,11 +19,13 @@ voxels within one coarse voxel of the coarse lungs, holes filled per slice, so t
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from lung_tumor.cores import available_cores
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import (
     AIR_MAX_HU,
@@ -210,12 +212,19 @@ class ThoraxMasks:
         return fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
-def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
+def _body_and_air(coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The body (> -500 HU) and the air-like voxels inside each slice's torso hull of a slab of axial slices."""
+    body = hu_above(coarse, BODY_MIN_HU)
+    return body, hu_below(coarse, AIR_MAX_HU) & _inside_hulls(_largest_per_slice(body))
+
+
+def thorax_masks(image_hu: np.ndarray, affine: np.ndarray, workers: int | None = None) -> ThoraxMasks:
     """Find the lungs of a CT on its coarse grid (see the module docstring); the result may be empty.
 
     Args:
         image_hu: (X, Y, Z) CT in Hounsfield units, any dtype and memory order.
         affine: its 4x4 voxel-to-world affine (the axial axis and the voxel size come from it).
+        workers: threads sharing the slices (default: the cores this process may use); the masks are the same.
 
     Returns:
         The masks, to be asked for lungs at full resolution box by box (:meth:`ThoraxMasks.lungs`).
@@ -224,9 +233,12 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray) -> ThoraxMasks:
     axis = axial_axis(affine)
     factors = coarse_factors(voxel_spacing(affine))
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
-    body = hu_above(coarse, BODY_MIN_HU)
-    torso = _largest_per_slice(body)
-    inside_air = hu_below(coarse, AIR_MAX_HU) & _inside_hulls(torso)
+    # each axial slice alone: the slices are shared out among the cores, in slabs
+    slabs = np.array_split(np.arange(coarse.shape[-1]), min(max(1, workers or available_cores()), coarse.shape[-1]))
+    with ThreadPoolExecutor(max_workers=len(slabs)) as pool:
+        found = list(pool.map(_body_and_air, (coarse[..., slab[0] : slab[-1] + 1] for slab in slabs)))
+    body = np.concatenate([b for b, _ in found], axis=-1)
+    inside_air = np.concatenate([a for _, a in found], axis=-1)
     lungs = np.zeros(inside_air.shape, dtype=bool)
     box = mask_bounding_box(inside_air)  # nothing outside it: the same components and holes inside it
     if box is not None:

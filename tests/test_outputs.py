@@ -286,12 +286,12 @@ def test_a_folder_writes_each_scan_while_the_next_is_segmented_and_as_one_by_one
         segmenting[case].set()
         return real_predict_file(self, prepared)
 
-    def write_prediction(result, paths):  # noqa: ANN001, ANN202
+    def write_prediction(result, paths, workers=None):  # noqa: ANN001, ANN202
         case = result.source.name.removesuffix(".nii.gz")
         following = f"lung_00{int(case[-1]) + 1}"
         if following in segmenting:  # the next scan is segmented before this write ends
             overlapped.append(segmenting[following].wait(30))
-        real_write(result, paths)
+        real_write(result, paths, workers)
         events.append(f"written {case}")
 
     monkeypatch.setattr(inference.Predictor, "predict_file", predict_file)
@@ -315,29 +315,36 @@ def test_a_folder_writes_each_scan_while_the_next_is_segmented_and_as_one_by_one
 def test_a_folder_leaves_a_core_to_its_reader_and_writer(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch segments with one torch thread fewer than the cores (the read and the write have the other); a
-    single scan with all of them; the count is restored afterwards."""
+    """A batch segments with one torch thread fewer than the cores (the read and the write have the other) and
+    writes each report in one thread; a single scan segments with all of them and leaves the report its default
+    (all cores); the count is restored afterwards."""
     import torch
 
     import lung_tumor.inference as inference
 
     run = make_run(tmp_path / "run")
     folder = distinct_scans(tmp_path / "scans")
-    threads = []
-    real_predict_file = inference.Predictor.predict_file
+    threads, report_workers = [], []
+    real_predict_file, real_write = inference.Predictor.predict_file, inference.write_prediction
 
     def predict_file(self, prepared):  # noqa: ANN001, ANN202
         threads.append(torch.get_num_threads())
         return real_predict_file(self, prepared)
 
+    def write_prediction(result, paths, workers=None):  # noqa: ANN001, ANN202
+        report_workers.append(workers)
+        real_write(result, paths, workers)
+
     monkeypatch.setattr(inference.Predictor, "predict_file", predict_file)
+    monkeypatch.setattr(inference, "write_prediction", write_prediction)
     monkeypatch.setattr(inference, "available_cores", lambda: 3)
     before = torch.get_num_threads()
     try:
         assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
         assert threads == [2, 2, 2] and torch.get_num_threads() == 3  # as the Predictor set it, for 3 cores
+        assert report_workers == [1, 1, 1]
         assert predict(capsys, run, folder / "lung_001.nii.gz", tmp_path / "one") == (0, [])
-        assert threads[3:] == [3]
+        assert threads[3:] == [3] and report_workers[3:] == [None]
     finally:
         torch.set_num_threads(before)
 
@@ -352,10 +359,10 @@ def test_a_scan_whose_write_fails_is_reported_in_its_turn(
     folder = distinct_scans(tmp_path / "scans")
     real_write = inference.write_prediction
 
-    def write_prediction(result, paths):  # noqa: ANN001, ANN202
+    def write_prediction(result, paths, workers=None):  # noqa: ANN001, ANN202
         if result.source.name == "lung_002.nii.gz":
             raise LungTumorError("cannot be written: disk full", paths["mask"])
-        real_write(result, paths)
+        real_write(result, paths, workers)
 
     monkeypatch.setattr(inference, "write_prediction", write_prediction)
     out = tmp_path / "out"

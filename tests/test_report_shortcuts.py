@@ -30,9 +30,9 @@ from lung_tumor.location import (
     _tissue_regions,
 )
 from lung_tumor.measurements import _boundary, axial_axis, axial_calipers, caliper_diameter
-from lung_tumor.report import hu_above, hu_below, nearest_along_lines, tumour_report
+from lung_tumor.report import BODY_MIN_HU, hu_above, hu_below, nearest_along_lines, tumour_report, voxel_spacing
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
-from lung_tumor.thorax import _largest_per_slice, fill_holes_in_plane, upsample
+from lung_tumor.thorax import _largest_per_slice, _sample, coarse_factors, fill_holes_in_plane, thorax_masks, upsample
 from lung_tumor.visualize import _DisplayVolume
 
 
@@ -316,6 +316,28 @@ def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
     for stored in (mask.astype(np.uint8), mask.astype(np.uint8) * 7):
         found = tumour_report(stored, AFFINE, hu, probability=probability)
         assert json.dumps(found, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 1000])
+def test_lungs_found_in_slabs_of_slices_side_by_side_as_in_one(workers: int) -> None:
+    hu, _ = chest_with_lesions()
+    alone = thorax_masks(hu, AFFINE, workers=1)
+    shared = thorax_masks(hu, AFFINE, workers=workers)  # 1000: more threads than coarse slices, one slice each
+    body = hu_above(_sample(hu, coarse_factors(voxel_spacing(AFFINE))), BODY_MIN_HU)  # every coarse slice, once
+    assert alone.coarse_lungs.sum() > 1000 and shared.coarse_lungs.shape == body.shape
+    np.testing.assert_array_equal(shared.coarse_body, body)
+    np.testing.assert_array_equal(shared.coarse_lungs, alone.coarse_lungs)
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_report_steps_run_side_by_side_give_the_report_of_one_thread(workers: int) -> None:
+    hu, mask = chest_with_lesions()
+    probability = np.where(mask, 0.9, 0.1).astype(np.float32)
+    alone = tumour_report(mask, AFFINE, hu, probability=probability, workers=1)
+    touching = [(lesion["touches_chest_wall"], lesion["touches_mediastinum"]) for lesion in alone["lesions"]]
+    assert alone["lesion_count"] == 3 and len(set(touching)) == 3  # each lesion's flags tell it from the others
+    shared = tumour_report(mask, AFFINE, hu, probability=probability, workers=workers)
+    assert json.dumps(shared) == json.dumps(alone)  # the same fields in the same order
 
 
 def _pixels(uri: str) -> np.ndarray:
