@@ -39,10 +39,12 @@ from scipy.spatial.distance import pdist
 from lung_tumor.report import (
     BODY_MIN_HU,
     axial_axis,
+    body_mask,
     hu_above,
     hu_below,
     left_right_axis,
     mask_bounding_box,
+    tissue_like_padding,
     voxel_spacing,
 )
 from lung_tumor.thorax import ThoraxMasks, _sample, upsample
@@ -498,7 +500,7 @@ def lung_anatomy(
     # the tissue around the lungs (the tumour left out: it is neither)
     body = thorax.coarse_body
     if body is None or body.shape != regions.shape:
-        body = hu_above(_sample(np.asarray(image_hu), factors), BODY_MIN_HU)
+        body = body_mask(_sample(np.asarray(image_hu), factors), tissue_like_padding(image_hu, axial_axis(affine)))
     tissue = body & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
@@ -613,7 +615,7 @@ def lesion_location(
     lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
     lungs = thorax.lungs(big) & ~(np.asarray(all_lesions[big]) != 0)
     regions = anatomy.regions_at(big, lungs=False)
-    tissue = hu_above(np.asarray(image_hu[big]), BODY_MIN_HU) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
+    tissue = body_mask(np.asarray(image_hu[big]), thorax.padding) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
     points = np.argwhere(lesion)
     offset = np.array([s.start for s in big])
     world = (points + offset) @ affine[:3, :3].T + affine[:3, 3]

@@ -137,8 +137,28 @@ def hu_below(values: np.ndarray, threshold_hu: float) -> np.ndarray:
     return np.less(values, _threshold_for(values, threshold_hu, above=False))
 
 
-def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]:
-    """Body voxels (> -500 HU) per index along each of ``axes``, read in chunks along the slowest axis."""
+def tissue_like_padding(image_hu: np.ndarray, axial: int) -> Any:
+    """The value the scanner wrote outside its reconstruction circle, when it would pass for tissue (> -500 HU).
+
+    That value fills the four corners of every axial slice exactly (noise never repeats one value in all of them);
+    a padding at or below -500 HU (-1024, -2048, -3024) is air-like anyway and needs no care: None then, and
+    None where the corners differ (no circle: air or a body cut by the field of view reaches them).
+    """
+    corners = np.moveaxis(np.asarray(image_hu), axial, -1)[[0, 0, -1, -1], [0, -1, 0, -1]]
+    first = corners.flat[0]
+    return first if bool((corners == first).all()) and float(first) > BODY_MIN_HU else None
+
+
+def body_mask(image_hu: np.ndarray, padding: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Soft tissue and bone (> -500 HU), less the voxels holding the scan's :func:`tissue_like_padding` if any."""
+    body = hu_above(image_hu, BODY_MIN_HU, out=out)
+    if padding is not None:
+        body &= np.asarray(image_hu) != padding
+    return body
+
+
+def _body_counts(image_hu: np.ndarray, axes: list[int], padding: Any = None) -> dict[int, np.ndarray]:
+    """Body voxels (:func:`body_mask`) per index along each of ``axes``, read in chunks along the slowest axis."""
     hu = np.asarray(image_hu)
     slow = hu.ndim - 1 if hu.flags.f_contiguous and not hu.flags.c_contiguous else 0
     step = max(1, (1 << 22) // max(1, hu.size // max(hu.shape[slow], 1)))  # about 4 M voxels a chunk
@@ -151,7 +171,7 @@ def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]
     for start in range(0, hu.shape[slow], step):
         chunk = slice(start, start + step)
         part = hu[(slice(None),) * slow + (chunk,)]
-        body = hu_above(part, BODY_MIN_HU, out=buffer[(slice(None),) * slow + (slice(0, part.shape[slow]),)])
+        body = body_mask(part, padding, out=buffer[(slice(None),) * slow + (slice(0, part.shape[slow]),)])
         for i in axes:
             per_index = body.size // max(body.shape[i], 1)
             if i == fast:
@@ -172,19 +192,23 @@ def _body_counts(image_hu: np.ndarray, axes: list[int]) -> dict[int, np.ndarray]
 def body_midline_x(affine: np.ndarray, shape: tuple[int, ...], image_hu: np.ndarray | None) -> tuple[float, str]:
     """World x (mm) of the patient's midline and how it was found.
 
-    The x-centre of mass of the body (voxels above -500 HU) when the CT is given, else the image centre.
-    Only the voxel axes that move along world x are counted (one for an axis-aligned scan).
+    The x-centre of mass of the body (voxels above -500 HU, less a :func:`tissue_like_padding` outside the scan
+    circle) when the CT is given, else the image centre. Only the voxel axes that move along world x are counted
+    (one for an axis-aligned scan).
     """
     affine = np.asarray(affine, dtype=float)
     centre = (np.asarray(shape[:3], dtype=float) - 1) / 2
     method = "image centre (no CT given)"
     if image_hu is not None:
         axes = [int(i) for i in np.flatnonzero(affine[0, :3])]
-        counts = _body_counts(image_hu, axes)
+        padding = tissue_like_padding(image_hu, axial_axis(affine))
+        counts = _body_counts(image_hu, axes, padding)
         if counts[axes[0]].any():
             for i in axes:
                 centre[i] = np.average(np.arange(shape[i]), weights=counts[i])
             method = f"x-centre of mass of the body (voxels > {BODY_MIN_HU:g} HU)"
+            if padding is not None:
+                method += f", less the scanner's padding of {float(padding):g} HU outside the scan circle"
         else:
             method = "image centre (no body voxel above -500 HU)"
     return float(affine[0, :3] @ centre + affine[0, 3]), method
@@ -258,7 +282,7 @@ def _contacts(
     row_lungs = thorax.lungs(row_box)
     lungs_box = row_lungs[tuple(box[a] if a == lr_axis else slice(None) for a in range(3))]
     dilated = ndimage.binary_dilation(lesion_box, iterations=CONTACT_DILATION_VOXELS)
-    tissue = dilated & (all_lesions[box] == 0) & ~lungs_box & hu_above(image_hu[box], BODY_MIN_HU)
+    tissue = dilated & (all_lesions[box] == 0) & ~lungs_box & body_mask(image_hu[box], getattr(thorax, "padding", None))
     if tissue.sum() < MIN_CONTACT_VOXELS:
         return False, False
     # Along the patient's left-right line through each contact voxel, find the nearest lung voxel on either

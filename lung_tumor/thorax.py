@@ -3,7 +3,8 @@
 The lungs are the air-like voxels (< -400 HU) inside the torso, the two largest 3D components, holes
 (vessels, nodules) filled in each axial slice. The torso of a slice is the convex hull of its largest
 soft-tissue component (> -500 HU), so the air around the patient, the scanner's padding outside the scan
-circle (-1024, -2048, -3024) and the table underneath are left out, while the lungs of a crop that run off
+circle (-1024, -2048, -3024; a padding that would pass for tissue, such as 0 HU, is recognised in the corners
+of the slices and is no body either) and the table underneath are left out, while the lungs of a crop that run off
 the image are kept where the torso still reaches round them (a crop cut on one or two sides; one that cuts
 the walls away all round loses them, as the slice-by-slice mask did).
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -29,11 +32,11 @@ from lung_tumor.cores import available_cores
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import (
     AIR_MAX_HU,
-    BODY_MIN_HU,
     axial_axis,
-    hu_above,
+    body_mask,
     hu_below,
     mask_bounding_box,
+    tissue_like_padding,
     voxel_spacing,
 )
 
@@ -163,6 +166,7 @@ class ThoraxMasks:
         coarse_lungs: the lungs on the coarse grid (holes filled), the CT's axis order.
         coarse_body: the coarse voxels above -500 HU (soft tissue and bone), the CT's axis order, when known
             (:mod:`lung_tumor.location` labels the tissue around the lungs on them).
+        padding: the scan's :func:`~lung_tumor.report.tissue_like_padding` (None without one): not body.
     """
 
     image_hu: np.ndarray
@@ -170,6 +174,7 @@ class ThoraxMasks:
     factors: tuple[int, int, int]
     coarse_lungs: np.ndarray
     coarse_body: np.ndarray | None = None
+    padding: Any = None
 
     def _coarse(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The coarse lungs, and them grown by one coarse voxel, on the full-resolution voxels of ``box``."""
@@ -212,9 +217,10 @@ class ThoraxMasks:
         return fill_holes_in_plane(candidate, self.axial_axis, border=coarse)
 
 
-def _body_and_air(coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The body (> -500 HU) and the air-like voxels inside each slice's torso hull of a slab of axial slices."""
-    body = hu_above(coarse, BODY_MIN_HU)
+def _body_and_air(coarse: np.ndarray, padding: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The body (:func:`~lung_tumor.report.body_mask`) and the air-like voxels inside each slice's torso hull of a
+    slab of axial slices."""
+    body = body_mask(coarse, padding)
     return body, hu_below(coarse, AIR_MAX_HU) & _inside_hulls(_largest_per_slice(body))
 
 
@@ -233,10 +239,11 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray, workers: int | None =
     axis = axial_axis(affine)
     factors = coarse_factors(voxel_spacing(affine))
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
+    padding = tissue_like_padding(image_hu, axis)  # a padding ring of 0 HU would pass for the torso
     # each axial slice alone: the slices are shared out among the cores, in slabs
     slabs = np.array_split(np.arange(coarse.shape[-1]), min(max(1, workers or available_cores()), coarse.shape[-1]))
     with ThreadPoolExecutor(max_workers=len(slabs)) as pool:
-        found = list(pool.map(_body_and_air, (coarse[..., slab[0] : slab[-1] + 1] for slab in slabs)))
+        found = list(pool.map(_body_and_air, (coarse[..., slab[0] : slab[-1] + 1] for slab in slabs), repeat(padding)))
     body = np.concatenate([b for b, _ in found], axis=-1)
     inside_air = np.concatenate([a for _, a in found], axis=-1)
     lungs = np.zeros(inside_air.shape, dtype=bool)
@@ -249,4 +256,5 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray, workers: int | None =
         factors=factors,
         coarse_lungs=np.moveaxis(lungs, -1, axis),
         coarse_body=np.moveaxis(body, -1, axis),
+        padding=padding,
     )

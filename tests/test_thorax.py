@@ -9,8 +9,10 @@ old one); every report figure and contact flag is identical, and so is ``predict
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import chest_phantom as phantom
 import nibabel as nib
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from test_inference import ORIENTATIONS, chest
 
 from lung_tumor.data.synth import synthesize_case
 from lung_tumor.inference import LUNG_MARGIN_MM, keep_near_lungs
-from lung_tumor.report import CONTACT_DILATION_VOXELS, axial_axis, tumour_report
+from lung_tumor.report import CONTACT_DILATION_VOXELS, axial_axis, tissue_like_padding, tumour_report
 from lung_tumor.thorax import coarse_factors, thorax_masks
 
 CASES = range(1, 8)  # 12 lesions: inside the lung, against the chest wall, against the mediastinum
@@ -184,3 +186,42 @@ def test_real_thorax_crop(real_ct_dir: Path) -> None:
     soft_tissue = (image > -75).astype(np.uint8)  # the detector of tests/test_inference.py: vessels, heart, wall
     # the new lungs reach the crop's edge where the old ones stopped short: 79 of 721,478 kept voxels differ
     assert_same_lung_filter(soft_tissue, image, affine, extra=0.0005)
+
+
+def phantom_in_scan_circle(padding_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chest phantom with three lesions, off the centre of a wider field whose reconstruction circle is
+    padded with ``padding_hu`` outside (as a scanner writes it); CT, mask and affine."""
+    hu, mask = phantom.chest(), np.zeros(phantom.SHAPE, dtype=bool)
+    phantom.add_box(hu, mask, (166, 50, 24), (174, 58, 28))  # against the right lateral chest wall
+    phantom.add_box(hu, mask, (77, 30, 32), (85, 36, 36))  # against the mediastinum
+    phantom.add_sphere(hu, mask, (-45.0, 0.0, 10.0), 6.0)  # inside the left lung
+    widen = ((60, 20), (40, 60), (0, 0))  # the body 20 mm right of and 15 mm behind the field's centre
+    hu, mask = np.pad(hu, widen, constant_values=-1000.0), np.pad(mask, widen)
+    affine = phantom.AFFINE.copy()
+    affine[:3, 3] -= np.array([w[0] for w in widen]) * phantom.SPACING
+    x = (np.arange(hu.shape[0]) - (hu.shape[0] - 1) / 2) * phantom.SPACING[0]
+    y = (np.arange(hu.shape[1]) - (hu.shape[1] - 1) / 2) * phantom.SPACING[1]
+    # a circle short of the field's edges: the padding is one ring round it in every slice
+    radius = 0.45 * min(hu.shape[0] * phantom.SPACING[0], hu.shape[1] * phantom.SPACING[1])
+    hu[x[:, None] ** 2 + y[None, :] ** 2 > radius**2] = padding_hu
+    return np.round(hu).astype(np.int16), mask, affine
+
+
+def test_a_padding_that_passes_for_tissue_is_no_body() -> None:
+    """Outside the scan circle a scanner may write 0 HU: a ring that would be the largest 'soft tissue' of each
+    slice, its hull taking in the air round the patient as lung. Recognised in the slices' corners, it is left
+    out: the same lungs, midline and report as with -1024 HU padding."""
+    air_ct, mask, affine = phantom_in_scan_circle(-1024.0)
+    tissue_ct, _, _ = phantom_in_scan_circle(0.0)
+    assert tissue_like_padding(air_ct, 2) is None and tissue_like_padding(phantom.chest(), 2) is None
+    assert tissue_like_padding(tissue_ct, 2) == 0
+    air, tissue = thorax_masks(air_ct, affine), thorax_masks(tissue_ct, affine)
+    lung_ml = air.coarse_lungs.sum() * np.prod(phantom.SPACING) * np.prod(air.factors) / 1000
+    assert 500 < lung_ml < 1000  # two 50 x 90 x 90 mm lungs, less the airway: about 810 ml
+    np.testing.assert_array_equal(tissue.coarse_lungs, air.coarse_lungs)
+    expected, found = tumour_report(mask, affine, air_ct), tumour_report(mask, affine, tissue_ct)
+    assert expected["midline_x_mm"] == pytest.approx(0.0, abs=1.0)  # the body's centre, not the field's (-20 mm)
+    assert found["midline_method"].endswith("less the scanner's padding of 0 HU outside the scan circle")
+    found["midline_method"] = expected["midline_method"]
+    assert json.dumps(found) == json.dumps(expected)
+    assert [lesion["touches_chest_wall"] for lesion in found["lesions"]].count(True) == 1
