@@ -4,10 +4,14 @@ Held out: ``--cases`` full-size scans of the varied engine and varied acquisitio
 pixels, 0.6-5 mm slices, a fifth tumour-free), drawn with ``--seed`` (7777: used by no training data, fixed set
 or stream). Per scan: 3D Dice (tumour scans; nnU-Net convention), lesion sensitivity for true lesions of 5 mm or
 more (equivalent diameter), and false lesions (predicted lesions touching no true lesion). Real CT: Dice against
-the LIDC-IDRI-0001 readers' nodule mask, and the lesions found in the tumour-free thorax.
+the LIDC-IDRI-0001 readers' nodule mask, and the lesions found in the tumour-free thorax. The lesions of 5 mm or
+more found are also counted by size band and, from the set's ``synth_truth.json``, by tumour kind, site and slice
+thickness (``found_by``): run it on the validation scans (``--data runs/pretrained/validation_full``) to see where
+a model fails without looking into the held-out set.
 
     python scripts/bench_generalisation.py                        # the shipped model
     python scripts/bench_generalisation.py --run runs/demo/runs/unet2d/fold_0 --out bench.json
+    python scripts/bench_generalisation.py --data runs/pretrained/validation_full --cases 16 --seed 5555
 
 Targets (issue 8): mean per-case Dice >= 0.80, sensitivity >= 0.90 for lesions >= 5 mm, <= 0.5 false lesions per
 scan; LIDC nodule Dice >= 0.6 and no false lesion in the tumour-free thorax.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from lung_tumor.data.msd import list_cases
 from lung_tumor.data.synth import synthesize_dataset
@@ -32,6 +37,7 @@ from lung_tumor.inference import Predictor
 from lung_tumor.models import default_model_dir
 
 MIN_DIAMETER_MM = 5.0
+SIZE_BANDS_MM = (10.0, 20.0, 30.0)  # the lesions found are also counted by size band: < 10, < 20, < 30, >= 30 mm
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
 
 
@@ -58,17 +64,66 @@ def lesion_counts(prediction: np.ndarray, truth: np.ndarray, voxel_mm3: float) -
     }
 
 
-def score_scan(predictor: Predictor, image: Path, truth: np.ndarray) -> dict:
+def size_band(diameter_mm: float) -> str:
+    for high in SIZE_BANDS_MM:
+        if diameter_mm < high:
+            return f"< {high:g} mm"
+    return f">= {SIZE_BANDS_MM[-1]:g} mm"
+
+
+def lesion_table(
+    prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], painted: list[dict] | None
+) -> list[dict]:
+    """Each true lesion of 5 mm or more: its equivalent diameter (size band), whether found, and where the synthetic
+    truth is known the kind and site of the painted tumour whose centre lies nearest the lesion's centroid."""
+    true_labels, n_true = label_lesions(truth)
+    voxel_mm3 = float(np.prod(spacing))
+    hit = set(np.unique(true_labels[prediction & (true_labels > 0)]).tolist())
+    rows = []
+    for index, box in enumerate(ndimage.find_objects(true_labels), start=1):
+        voxels = np.argwhere(true_labels[box] == index) + [s.start for s in box]
+        diameter = float(np.cbrt(6.0 * len(voxels) * voxel_mm3 / math.pi))
+        if diameter < MIN_DIAMETER_MM:
+            continue
+        row = {"diameter_mm": round(diameter, 1), "size": size_band(diameter), "found": index in hit}
+        if painted:
+            centre = voxels.mean(axis=0) * spacing
+            nearest = min(painted, key=lambda t: float(np.linalg.norm(np.array(t["centre_voxel"]) * spacing - centre)))
+            row.update(kind=nearest["kind"], site=nearest["location"])
+        rows.append(row)
+    return rows
+
+
+def score_scan(predictor: Predictor, image: Path, truth: np.ndarray, painted: dict | None = None) -> dict:
     result = predictor.predict_file(image)
     prediction = np.asarray(result.mask) != 0
     voxel_mm3 = float(np.prod(result.spacing))
+    lesions = lesion_table(prediction, truth, result.spacing, painted and painted["tumours"])
+    for lesion in lesions:
+        if painted:
+            lesion["slice_mm"] = painted["acquisition"]["slice_thickness_mm"]
     return {
         "case": image.name,
         "dice": dice(prediction, truth) if truth.any() else None,
         "predicted_ml": round(prediction.sum() * voxel_mm3 / 1000, 2),
         "true_ml": round(truth.sum() * voxel_mm3 / 1000, 2),
         **lesion_counts(prediction, truth, voxel_mm3),
+        "lesions": lesions,
     }
+
+
+def breakdown(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """Lesions of 5 mm or more found, as 'found/all', by size band and, with the synthetic truth, by tumour kind,
+    site and slice thickness."""
+    lesions = [lesion for row in rows for lesion in row["lesions"]]
+    table = {}
+    for key in ("size", "kind", "site", "slice_mm"):
+        groups: dict[str, list[bool]] = {}
+        for lesion in lesions:
+            if key in lesion:
+                groups.setdefault(str(lesion[key]), []).append(lesion["found"])
+        table[key] = {name: f"{sum(found)}/{len(found)}" for name, found in sorted(groups.items())}
+    return table
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -105,10 +160,12 @@ def main() -> None:
     predictor = Predictor(run)
     print(f"model: {run}  post-processing: {predictor.postprocessing.as_dict()}")
     started = time.monotonic()
+    truth_file = args.data / "synth_truth.json"
+    painted = json.loads(truth_file.read_text())["cases"] if truth_file.is_file() else {}
     rows = []
     for case in list_cases(args.data)[: args.cases]:
         truth = np.asarray(nib.load(case.label).dataobj) != 0
-        rows.append(score_scan(predictor, case.image, truth))
+        rows.append(score_scan(predictor, case.image, truth, painted.get(case.case_id)))
         r = rows[-1]
         print(
             f"  {r['case']}: Dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)}  "
@@ -116,7 +173,10 @@ def main() -> None:
             f"true {r['true_ml']} ml, predicted {r['predicted_ml']} ml"
         )
     held_out = summarise(rows)
-    print(f"held out ({args.data}, seed {args.seed}): {held_out}  [{time.monotonic() - started:.0f} s]")
+    print(f"synthetic scans ({args.data}, seed {args.seed}): {held_out}  [{time.monotonic() - started:.0f} s]")
+    found_by = breakdown(rows)
+    for key, groups in found_by.items():
+        print(f"  lesions >= 5 mm found, by {key}: " + ", ".join(f"{name} {count}" for name, count in groups.items()))
 
     real = {}
     lidc = args.real_ct / "lidc-idri-0001"
@@ -130,6 +190,7 @@ def main() -> None:
     for name, row in real.items():
         print(f"real CT {name}: {row}")
     figures = {"model": str(run), "post_processing": predictor.postprocessing.as_dict(), "held_out": held_out}
+    figures["found_by"] = found_by
     figures.update(per_scan=rows, real_ct=real)
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
