@@ -1,8 +1,11 @@
-"""The CPU cores this process may use, for the work that spreads over them (inference threads, the report)."""
+"""The CPU cores this process may use, and running a task in the calling thread where one core is all there is."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 
 def available_cores() -> int:
@@ -11,3 +14,22 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+class InThisThread:
+    """An executor with no thread of its own: ``submit`` runs the task at once in the calling thread and returns its
+    finished future (the steps of a report that keeps to one thread, in the order they are submitted)."""
+
+    def submit(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 (raised again by future.result(), as a pool's would be)
+            future.set_exception(err)
+        return future
+
+    def __enter__(self) -> InThisThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -31,7 +31,7 @@ from lung_tumor.attenuation import (
     SOLID_MIN_HU,
     lesion_attenuation,
 )
-from lung_tumor.cores import available_cores
+from lung_tumor.cores import InThisThread, available_cores
 from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.measurements import (
@@ -351,14 +351,15 @@ def tumour_report(
     margin = CONTACT_DILATION_VOXELS + 1
     # the scan-level steps that do not wait for one another run side by side on the cores there are (scipy and
     # numpy release the GIL in them): the midline, the lesions' labelling, the lungs, the airway, each lesion
-    with ThreadPoolExecutor(max_workers=max(1, available_cores() if workers is None else workers)) as pool:
+    workers = max(1, available_cores() if workers is None else workers)
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else InThisThread() as pool:
         midline_job = pool.submit(body_midline_x, affine, mask.shape, image_hu)
         # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
         outer = mask_bounding_box(mask, margin)
         thorax_job = airway_job = located = anatomy = None
         if image_hu is not None and outer is not None and not isinstance(thorax, ThoraxMasks):
             # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
-            thorax_job = pool.submit(thorax_masks, image_hu, affine)
+            thorax_job = pool.submit(thorax_masks, image_hu, affine, workers)
         outer = outer or (slice(0, 1),) * 3  # an empty mask: one empty voxel
         labels, count = label_lesions(mask[outer] != 0)
         midline_x, midline_method = midline_job.result()

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage
 
-from lung_tumor.cores import available_cores
+from lung_tumor.cores import InThisThread, available_cores
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
@@ -677,9 +677,11 @@ def write_report_html(
         picture = lesion_picture(shown, lesion)
         return _png_data_uri(picture), picture.headings
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(numbers), workers or available_cores()))) as pool:
-        for number, (uri, heading) in zip(numbers, pool.map(draw, numbers), strict=True):
-            pictures[number], headings[number] = uri, heading
+    threads = max(1, min(len(numbers), workers or available_cores()))
+    with ThreadPoolExecutor(max_workers=threads) if threads > 1 else InThisThread() as pool:
+        jobs = [pool.submit(draw, number) for number in numbers]
+        for number, job in zip(numbers, jobs, strict=True):
+            pictures[number], headings[number] = job.result()
     page = report_html(report, pictures, title, headings)
     return write_atomic(path, lambda f: f.write(page))
 

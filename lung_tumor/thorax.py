@@ -22,13 +22,12 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from lung_tumor.cores import available_cores
+from lung_tumor.cores import InThisThread, available_cores
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import (
     AIR_MAX_HU,
@@ -242,8 +241,9 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray, workers: int | None =
     padding = tissue_like_padding(image_hu, axis)  # a padding ring of 0 HU would pass for the torso
     # each axial slice alone: the slices are shared out among the cores, in slabs
     slabs = np.array_split(np.arange(coarse.shape[-1]), min(max(1, workers or available_cores()), coarse.shape[-1]))
-    with ThreadPoolExecutor(max_workers=len(slabs)) as pool:
-        found = list(pool.map(_body_and_air, (coarse[..., slab[0] : slab[-1] + 1] for slab in slabs), repeat(padding)))
+    with ThreadPoolExecutor(max_workers=len(slabs)) if len(slabs) > 1 else InThisThread() as pool:
+        jobs = [pool.submit(_body_and_air, coarse[..., slab[0] : slab[-1] + 1], padding) for slab in slabs]
+        found = [job.result() for job in jobs]
     body = np.concatenate([b for b, _ in found], axis=-1)
     inside_air = np.concatenate([a for _, a in found], axis=-1)
     lungs = np.zeros(inside_air.shape, dtype=bool)

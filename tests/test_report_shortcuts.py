@@ -340,6 +340,34 @@ def test_report_steps_run_side_by_side_give_the_report_of_one_thread(workers: in
     assert json.dumps(shared) == json.dumps(alone)  # the same fields in the same order
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_report_kept_to_one_thread_runs_in_the_calling_thread(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's reports keep to one thread (the next scan's inference has the other cores): every step, the
+    lungs' slabs included, then runs in the thread that asked for the report."""
+    import threading
+
+    import lung_tumor.report as report
+    import lung_tumor.thorax as thorax
+
+    ran_in = set()
+
+    def spy(function):  # noqa: ANN001, ANN202
+        def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            ran_in.add(threading.get_ident())
+            return function(*args, **kwargs)
+
+        return recorded
+
+    for module, name in ((report, "_contacts"), (report, "_lesion_entry"), (thorax, "_body_and_air")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    hu, mask = chest_with_lesions()
+    assert tumour_report(mask, AFFINE, hu, workers=workers)["lesion_count"] == 3
+    if workers == 1:
+        assert ran_in == {threading.get_ident()}
+    else:
+        assert threading.get_ident() not in ran_in and len(ran_in) >= 2  # the pools' threads
+
+
 def _pixels(uri: str) -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as picture:
         return np.asarray(picture)
