@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
@@ -33,3 +33,13 @@ class InThisThread:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def thread_count(workers: int | None) -> int:
+    """Threads for ``workers`` (``None``: the cores this process may use), at least one."""
+    return max(1, available_cores() if workers is None else workers)
+
+
+def executor(threads: int) -> ThreadPoolExecutor | InThisThread:
+    """A pool of ``threads`` threads, or for one thread the calling thread itself (:class:`InThisThread`)."""
+    return ThreadPoolExecutor(max_workers=threads) if threads > 1 else InThisThread()

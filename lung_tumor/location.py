@@ -500,7 +500,7 @@ def lung_anatomy(
     # the tissue around the lungs (the tumour left out: it is neither)
     body = thorax.coarse_body
     if body is None or body.shape != regions.shape:
-        body = body_mask(_sample(np.asarray(image_hu), factors), tissue_like_padding(image_hu, axial_axis(affine)))
+        body = body_mask(_sample(np.asarray(image_hu), factors), tissue_like_padding(image_hu, ax))
     tissue = body & (regions == 0)
     if tumour is not None:
         tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy

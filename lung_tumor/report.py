@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from lung_tumor.attenuation import (
     SOLID_MIN_HU,
     lesion_attenuation,
 )
-from lung_tumor.cores import InThisThread, available_cores
+from lung_tumor.cores import executor, thread_count
 from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.measurements import (
@@ -351,8 +350,8 @@ def tumour_report(
     margin = CONTACT_DILATION_VOXELS + 1
     # the scan-level steps that do not wait for one another run side by side on the cores there are (scipy and
     # numpy release the GIL in them): the midline, the lesions' labelling, the lungs, the airway, each lesion
-    workers = max(1, available_cores() if workers is None else workers)
-    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else InThisThread() as pool:
+    workers = thread_count(workers)
+    with executor(workers) as pool:
         midline_job = pool.submit(body_midline_x, affine, mask.shape, image_hu)
         # lesions labelled inside the mask's bounding box grown by the margin: every lesion's box fits in it
         outer = mask_bounding_box(mask, margin)

@@ -32,7 +32,6 @@ import copy
 import html
 import io
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage
 
-from lung_tumor.cores import InThisThread, available_cores
+from lung_tumor.cores import executor, thread_count
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
@@ -677,8 +676,7 @@ def write_report_html(
         picture = lesion_picture(shown, lesion)
         return _png_data_uri(picture), picture.headings
 
-    threads = max(1, min(len(numbers), workers or available_cores()))
-    with ThreadPoolExecutor(max_workers=threads) if threads > 1 else InThisThread() as pool:
+    with executor(min(len(numbers), thread_count(workers))) as pool:
         jobs = [pool.submit(draw, number) for number in numbers]
         for number, job in zip(numbers, jobs, strict=True):
             pictures[number], headings[number] = job.result()

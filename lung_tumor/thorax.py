@@ -20,14 +20,13 @@ voxels within one coarse voxel of the coarse lungs, holes filled per slice, so t
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from lung_tumor.cores import InThisThread, available_cores
+from lung_tumor.cores import executor, thread_count
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.report import (
     AIR_MAX_HU,
@@ -240,8 +239,8 @@ def thorax_masks(image_hu: np.ndarray, affine: np.ndarray, workers: int | None =
     coarse = np.ascontiguousarray(np.moveaxis(_sample(np.asarray(image_hu), factors), axis, -1))
     padding = tissue_like_padding(image_hu, axis)  # a padding ring of 0 HU would pass for the torso
     # each axial slice alone: the slices are shared out among the cores, in slabs
-    slabs = np.array_split(np.arange(coarse.shape[-1]), min(max(1, workers or available_cores()), coarse.shape[-1]))
-    with ThreadPoolExecutor(max_workers=len(slabs)) if len(slabs) > 1 else InThisThread() as pool:
+    slabs = np.array_split(np.arange(coarse.shape[-1]), min(thread_count(workers), coarse.shape[-1]))
+    with executor(len(slabs)) as pool:
         jobs = [pool.submit(_body_and_air, coarse[..., slab[0] : slab[-1] + 1], padding) for slab in slabs]
         found = [job.result() for job in jobs]
     body = np.concatenate([b for b, _ in found], axis=-1)
