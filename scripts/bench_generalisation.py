@@ -46,24 +46,6 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float | None:
     return None if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
-def lesion_counts(prediction: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict[str, int]:
-    """True lesions of >= 5 mm found and missed, and predicted lesions touching no true lesion."""
-    true_labels, n_true = label_lesions(truth)
-    pred_labels, n_pred = label_lesions(prediction)
-    sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
-    diameters = np.cbrt(6.0 * sizes / math.pi)
-    hit_true = set(np.unique(true_labels[(pred_labels > 0) & (true_labels > 0)]).tolist())
-    large = [i + 1 for i in range(n_true) if diameters[i] >= MIN_DIAMETER_MM]
-    hit_pred = np.unique(pred_labels[(pred_labels > 0) & (true_labels > 0)]).size
-    return {
-        "lesions_5mm": len(large),
-        "lesions_5mm_found": sum(1 for i in large if i in hit_true),
-        "lesions_all": n_true,
-        "lesions_all_found": len(hit_true),
-        "false_lesions": n_pred - int(hit_pred),
-    }
-
-
 def size_band(diameter_mm: float) -> str:
     for high in SIZE_BANDS_MM:
         if diameter_mm < high:
@@ -71,44 +53,57 @@ def size_band(diameter_mm: float) -> str:
     return f">= {SIZE_BANDS_MM[-1]:g} mm"
 
 
-def lesion_table(
-    prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], painted: list[dict] | None
-) -> list[dict]:
-    """Each true lesion of 5 mm or more: its equivalent diameter (size band), whether found, and where the synthetic
-    truth is known the kind and site of the painted tumour whose centre lies nearest the lesion's centroid."""
+def lesion_counts(
+    prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], painted: dict | None = None
+) -> dict:
+    """True lesions of >= 5 mm found and missed, and predicted lesions touching no true lesion; with them, each true
+    lesion of 5 mm or more (``lesions``): its equivalent diameter (size band), whether found, and where the synthetic
+    truth (``painted``: the case's entry of ``synth_truth.json``) is known the kind and site of the painted tumour
+    whose centre lies nearest the lesion's centroid, and the scan's slice thickness."""
     true_labels, n_true = label_lesions(truth)
+    pred_labels, n_pred = label_lesions(prediction)
     voxel_mm3 = float(np.prod(spacing))
-    hit = set(np.unique(true_labels[prediction & (true_labels > 0)]).tolist())
-    rows = []
+    hit_true = set(np.unique(true_labels[(pred_labels > 0) & (true_labels > 0)]).tolist())
+    hit_pred = np.unique(pred_labels[(pred_labels > 0) & (true_labels > 0)]).size
+    lesions = []
     for index, box in enumerate(ndimage.find_objects(true_labels), start=1):
         voxels = np.argwhere(true_labels[box] == index) + [s.start for s in box]
         diameter = float(np.cbrt(6.0 * len(voxels) * voxel_mm3 / math.pi))
         if diameter < MIN_DIAMETER_MM:
             continue
-        row = {"diameter_mm": round(diameter, 1), "size": size_band(diameter), "found": index in hit}
+        lesion = {"diameter_mm": round(diameter, 1), "size": size_band(diameter), "found": index in hit_true}
         if painted:
             centre = voxels.mean(axis=0) * spacing
-            nearest = min(painted, key=lambda t: float(np.linalg.norm(np.array(t["centre_voxel"]) * spacing - centre)))
-            row.update(kind=nearest["kind"], site=nearest["location"])
-        rows.append(row)
-    return rows
+            nearest = min(
+                painted["tumours"],
+                key=lambda t: float(np.linalg.norm(np.array(t["centre_voxel"]) * spacing - centre)),
+            )
+            lesion.update(
+                kind=nearest["kind"],
+                site=nearest["location"],
+                slice_mm=painted["acquisition"]["slice_thickness_mm"],
+            )
+        lesions.append(lesion)
+    return {
+        "lesions_5mm": len(lesions),
+        "lesions_5mm_found": sum(lesion["found"] for lesion in lesions),
+        "lesions_all": n_true,
+        "lesions_all_found": len(hit_true),
+        "false_lesions": n_pred - int(hit_pred),
+        "lesions": lesions,
+    }
 
 
 def score_scan(predictor: Predictor, image: Path, truth: np.ndarray, painted: dict | None = None) -> dict:
     result = predictor.predict_file(image)
     prediction = np.asarray(result.mask) != 0
     voxel_mm3 = float(np.prod(result.spacing))
-    lesions = lesion_table(prediction, truth, result.spacing, painted and painted["tumours"])
-    for lesion in lesions:
-        if painted:
-            lesion["slice_mm"] = painted["acquisition"]["slice_thickness_mm"]
     return {
         "case": image.name,
         "dice": dice(prediction, truth) if truth.any() else None,
         "predicted_ml": round(prediction.sum() * voxel_mm3 / 1000, 2),
         "true_ml": round(truth.sum() * voxel_mm3 / 1000, 2),
-        **lesion_counts(prediction, truth, voxel_mm3),
-        "lesions": lesions,
+        **lesion_counts(prediction, truth, result.spacing, painted),
     }
 
 
