@@ -154,8 +154,9 @@ CONFIG_SECTIONS: dict[str, tuple[type, ...]] = {
     "_meta_": (dict,),
 }
 DATA_KEYS = ("root", "cache_dir")
-SAMPLER_KEYS = ("tumour_weight", "tumour_fraction")
+SAMPLER_KEYS = ("tumour_weight", "tumour_fraction", "balance")
 EARLY_STOPPING_KEYS = ("patience", "min_delta")
+SAMPLER_BALANCE = ("slice", "lesion")
 _REFERENCE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -248,7 +249,9 @@ def validate_config(parser: ConfigParser, path: str | Path | None = None) -> Non
                 _check_keys(section, key, known)
                 for name, value in section.items():
                     number = isinstance(value, int | float) and not isinstance(value, bool)
-                    if key != "data" and value is not None and not (number and value >= 0):
+                    if key == "sampler" and name == "balance":
+                        check_balance(value)
+                    elif key != "data" and value is not None and not (number and value >= 0):
                         raise LungTumorError(f"{key}.{name} must be a number >= 0 or null, got {value!r}")
         if isinstance(content.get("preprocess"), dict):
             PreprocessConfig.from_dict(_parsed_section(parser, "preprocess"))
@@ -260,6 +263,13 @@ def validate_config(parser: ConfigParser, path: str | Path | None = None) -> Non
         if err.path is None and path is not None:
             raise LungTumorError(str(err), path) from None
         raise
+
+
+def check_balance(balance: Any) -> str:
+    """``sampler.balance``: ``slice`` (every tumour slice alike) or ``lesion`` (every lesion alike)."""
+    if balance not in SAMPLER_BALANCE:
+        raise LungTumorError(f"sampler.balance must be one of {', '.join(SAMPLER_BALANCE)}, got {balance!r}")
+    return str(balance)
 
 
 def config_hash(content: Any) -> str:

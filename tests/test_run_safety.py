@@ -120,6 +120,7 @@ def test_a_misspelt_section_in_the_file_is_refused_by_every_command_with_the_clo
         ("features.7=8", "--set features.7=8: features has no item 7"),
         ("training.threshold=high", "training.threshold must be in (0, 1), got 'high'"),
         ("sampler.tumour_fraction=most", "sampler.tumour_fraction must be a number >= 0 or null, got 'most'"),
+        ("sampler.balance=case", "sampler.balance must be one of slice, lesion, got 'case'"),
         ("context_slices=-1", "context_slices must be an integer >= 0"),
     ],
 )

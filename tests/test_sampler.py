@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from lung_tumor.errors import LungTumorError
-from lung_tumor.training.data import SeededDraws, build_sampler, expected_tumour_fraction, tumour_weights
+from lung_tumor.cache import SliceCache, SliceDataset
+from lung_tumor.training.data import (
+    SeededDraws,
+    build_sampler,
+    expected_tumour_fraction,
+    lesion_shares,
+    lesion_slice_share,
+    tumour_weights,
+)
+from tests.test_training import write_tiny_cache
 
 
 def _flags(n_tumour: int, n_other: int) -> np.ndarray:
@@ -78,3 +87,55 @@ def test_seeded_draws_depend_on_seed_rank_and_epoch_only():
     for other in (draws(epoch=2), draws(rank=1), draws(seed=1)):
         assert [i for i, _ in other] != [i for i, _ in first]
         assert not {s for _, s in other} & {s for _, s in first}
+
+
+def _nodule_and_mass(depth: int = 40) -> np.ndarray:
+    """A slice-major label: a nodule on slices 3-4, a mass on slices 4-23 (sharing slice 4), nothing after."""
+    label = np.zeros((depth, 16, 16), np.uint8)
+    label[3:5, 2:4, 2:4] = 1
+    label[4:24, 8:14, 8:14] = 1
+    return label
+
+
+def test_lesion_share_counts_each_lesion_once_spread_over_its_slices():
+    share = lesion_slice_share(_nodule_and_mass())
+    np.testing.assert_allclose(share[[2, 3, 4, 5, 23, 24]], [0, 1 / 2, 1 / 2 + 1 / 20, 1 / 20, 1 / 20, 0])
+    assert share.sum() == pytest.approx(2.0)  # two lesions
+    # lesions are 26-connected, as in scoring: a diagonal neighbour on the next slice is the same lesion
+    diagonal = np.zeros((4, 4, 4), np.uint8)
+    diagonal[1, 1, 1] = diagonal[2, 2, 2] = 1
+    np.testing.assert_allclose(lesion_slice_share(diagonal), [0, 0.5, 0.5, 0])
+    assert not lesion_slice_share(np.zeros((3, 4, 4), np.uint8)).any()
+
+
+# the share of tumour draws that show the nodule (slices 3 and 4): 2 of 21 tumour slices, or half the draws
+# plus the mass's share of slice 4 (each lesion half, the mass's half spread over its 20 slices)
+@pytest.mark.parametrize("balance, nodule_share", [("slice", 2 / 21), ("lesion", 0.5 + 0.5 / 20)])
+def test_lesion_balance_draws_a_nodule_as_often_as_a_mass(balance, nodule_share):
+    label = _nodule_and_mass()
+    flags = label.reshape(len(label), -1).any(axis=1)
+    share = lesion_slice_share(label) if balance == "lesion" else None
+    weights = tumour_weights(flags, tumour_fraction=0.5, lesion_share=share)
+    assert expected_tumour_fraction(flags, weights) == pytest.approx(0.5)  # the tumour share is unchanged
+    sampler = build_sampler(None, weights, num_samples=20_000, generator=torch.Generator().manual_seed(0))
+    drawn = np.fromiter(iter(sampler), dtype=np.int64)
+    tumour = drawn[flags[drawn]]
+    observed = np.isin(tumour, [3, 4]).mean()
+    assert abs(observed - nodule_share) < 4 * math.sqrt(nodule_share * (1 - nodule_share) / len(tumour)), observed
+
+
+def test_lesion_shares_that_do_not_fit_the_slices_are_refused():
+    with pytest.raises(LungTumorError, match="lesion shares do not match"):
+        tumour_weights(_flags(2, 2), tumour_fraction=0.5, lesion_share=[1.0, 0.0, 0.0, 0.0])  # a tumour slice at 0
+    with pytest.raises(LungTumorError, match="lesion shares do not match"):
+        tumour_weights(_flags(2, 2), tumour_fraction=0.5, lesion_share=[1.0, 1.0])
+
+
+def test_a_datasets_lesion_shares_follow_its_items(tmp_path):
+    cache = SliceCache(write_tiny_cache(tmp_path, cases=3, depth=8))
+    dataset = SliceDataset(cache, ["lung_003", "lung_001"])
+    shares = lesion_shares(dataset)
+    expected = [lesion_slice_share(np.asarray(cache.label(r.case)))[r.slice] for r in dataset.records]
+    np.testing.assert_array_equal(shares, expected)
+    np.testing.assert_array_equal(shares > 0, dataset.tumour_flags)
+    assert shares.sum() == pytest.approx(2.0)  # one disk lesion in each of the two cases

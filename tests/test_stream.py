@@ -122,6 +122,24 @@ def test_items_have_the_cache_shapes_binary_labels_and_the_tumour_fraction(cache
     assert STREAM_CASE_OFFSET > 10_000 and items[0]["case"] == "stream_0"
 
 
+@pytest.mark.parametrize("balance, nodule_share", [("slice", 2 / 21), ("lesion", 0.5 + 0.5 / 20)])
+def test_a_lesion_balanced_stream_shows_a_nodule_as_often_as_a_mass(balance, nodule_share):
+    stream = SyntheticSliceStream(STREAM, PreprocessConfig.from_dict(PREPROCESS), tumour_fraction=1.0, balance=balance)
+    label = np.zeros((40, SIZE, SIZE), np.uint8)
+    label[3:5, 2:4, 2:4] = 1  # a nodule on slices 3-4
+    label[4:24, 10:20, 10:20] = 1  # a mass on slices 4-23
+    stream._cases[0] = (np.zeros(label.shape, np.float16), label)  # stands in for a generated case
+    slices = np.array([stream[(0, seed)]["slice"] for seed in range(1500)])
+    assert ((slices >= 3) & (slices <= 23)).all()
+    observed = np.isin(slices, [3, 4]).mean()
+    assert abs(observed - nodule_share) < 4 * np.sqrt(nodule_share * (1 - nodule_share) / len(slices)), observed
+
+
+def test_a_bad_sampler_balance_is_refused():
+    with pytest.raises(LungTumorError, match="sampler.balance must be one of slice, lesion, got 'even'"):
+        SyntheticSliceStream(STREAM, PreprocessConfig.from_dict(PREPROCESS), balance="even")
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from lung_tumor.errors import LungTumorError
+from lung_tumor.evaluation.lesions import label_lesions
 
 KEYS = ("image", "label")
 
@@ -169,15 +170,37 @@ def build_augmentation(section: dict[str, Any] | None, image_size: int, seed: in
     return compose
 
 
+def lesion_slice_share(label: np.ndarray) -> np.ndarray:
+    """Per axial slice of a slice-major (Z, H, W) label, the sum over the lesions it shows of one over the number
+    of slices each lesion spans (a lesion is a 26-connected component, as in scoring).
+
+    Drawing tumour slices in proportion to it draws every lesion equally often: a nodule on two slices as often
+    as a mass on thirty, which uniform slice draws show fifteen times as often.
+    """
+    labels, count = label_lesions(label)
+    share = np.zeros(labels.shape[0])
+    if count == 0:
+        return share
+    slices = np.nonzero(labels)[0]
+    pairs = np.unique(slices * (count + 1) + labels[labels > 0])  # each (slice, lesion) once
+    slice_of, lesion_of = np.divmod(pairs, count + 1)
+    spans = np.bincount(lesion_of, minlength=count + 1)
+    np.add.at(share, slice_of, 1.0 / spans[lesion_of])
+    return share
+
+
 def tumour_weights(
     tumour_flags: Sequence[bool] | np.ndarray,
     tumour_weight: float | None = None,
     tumour_fraction: float | None = None,
+    lesion_share: Sequence[float] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-slice sampling weights: tumour slices ``tumour_weight`` times as likely as the others.
 
     Give either ``tumour_weight`` (the original recipe's 8.2:1) or ``tumour_fraction``, the expected
     share of tumour slices among the draws (0.5 means balanced batches), from which the weight follows.
+    With ``lesion_share`` (:func:`lesion_slice_share` of every slice), the tumour slices' total weight is
+    shared out in proportion to it instead of evenly, so that every lesion is drawn equally often.
     """
     flags = np.asarray(tumour_flags, dtype=bool)
     n_tumour, n_other = int(flags.sum()), int((~flags).sum())
@@ -191,7 +214,24 @@ def tumour_weights(
         )
     if not tumour_weight > 0:
         raise LungTumorError(f"sampler.tumour_weight must be positive, got {tumour_weight!r}")
-    return np.where(flags, float(tumour_weight), 1.0)
+    weights = np.where(flags, float(tumour_weight), 1.0)
+    if lesion_share is not None and n_tumour:
+        share = np.asarray(lesion_share, dtype=float)
+        if share.shape != flags.shape or np.any(share[flags] <= 0):
+            raise LungTumorError("sampler: the lesion shares do not match the tumour slices")
+        weights[flags] = float(tumour_weight) * n_tumour * share[flags] / share[flags].sum()
+    return weights
+
+
+def lesion_shares(dataset: Any) -> np.ndarray:
+    """:func:`lesion_slice_share` of every item of a :class:`lung_tumor.cache.SliceDataset`, in item order."""
+    by_case: dict[str, np.ndarray] = {}
+    shares = np.zeros(len(dataset.records))
+    for index, record in enumerate(dataset.records):
+        if record.case not in by_case:
+            by_case[record.case] = lesion_slice_share(np.asarray(dataset.cache.label(record.case)))
+        shares[index] = by_case[record.case][record.slice]
+    return shares
 
 
 def expected_tumour_fraction(tumour_flags: Sequence[bool] | np.ndarray, weights: np.ndarray) -> float:

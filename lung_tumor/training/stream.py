@@ -30,10 +30,10 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset, Sampler
 
-from lung_tumor.config import PreprocessConfig, StreamConfig
+from lung_tumor.config import PreprocessConfig, StreamConfig, check_balance
 from lung_tumor.data.synth import draw_case_acquisition, synthesize_case
 from lung_tumor.preprocess import slice_major
-from lung_tumor.training.data import SeededDraws
+from lung_tumor.training.data import SeededDraws, lesion_slice_share
 from lung_tumor.transforms.pipeline import apply_transforms, preprocess_transforms
 
 STREAM_CASE_OFFSET = 1_000_000
@@ -81,6 +81,8 @@ class SyntheticSliceStream(Dataset):
         context: neighbouring slices on each side given as extra channels (2.5D).
         transform: callable applied to each item (the training augmentation).
         tumour_fraction: share of a tumour case's draws that show tumour.
+        balance: ``slice`` draws a case's tumour slices alike; ``lesion`` draws its lesions alike, then a slice
+            of the lesion (:func:`lung_tumor.training.data.lesion_slice_share`).
     """
 
     def __init__(
@@ -90,10 +92,13 @@ class SyntheticSliceStream(Dataset):
         context: int = 0,
         transform: Any = None,
         tumour_fraction: float = 0.5,
+        balance: str = "slice",
     ) -> None:
         self.cfg, self.preprocess, self.context, self.transform = cfg, preprocess, int(context), transform
         self.tumour_fraction = float(tumour_fraction)
+        self.balance = check_balance(balance)
         self._cases: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._shares: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def case(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Stream case ``number`` as (image, label) arrays (Z, H, W), from this process's last cases if there."""
@@ -114,7 +119,11 @@ class SyntheticSliceStream(Dataset):
         pool = np.flatnonzero(tumour if want_tumour else ~tumour)
         if pool.size == 0:  # a tumour-free case, or tumour on every slice
             pool = np.arange(label.shape[0])
-        z = int(rng.choice(pool))
+        if want_tumour and self.balance == "lesion" and tumour.any():
+            share = self._lesion_share(number, label)[pool]
+            z = int(rng.choice(pool, p=share / share.sum()))
+        else:
+            z = int(rng.choice(pool))
         index = np.clip(np.arange(z - self.context, z + self.context + 1), 0, image.shape[0] - 1)
         sample = {
             "image": image[index].astype(np.float32),
@@ -128,9 +137,16 @@ class SyntheticSliceStream(Dataset):
             self.transform.set_random_state(seed=seed)
         return self.transform(sample)
 
+    def _lesion_share(self, number: int, label: np.ndarray) -> np.ndarray:
+        if number not in self._shares:
+            self._shares[number] = lesion_slice_share(label)
+            while len(self._shares) > _CASES_KEPT:
+                self._shares.popitem(last=False)
+        return self._shares[number]
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_cases"] = OrderedDict()  # each loader worker makes its own
+        state["_cases"], state["_shares"] = OrderedDict(), OrderedDict()  # each loader worker makes its own
         return state
 
 

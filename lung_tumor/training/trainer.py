@@ -48,7 +48,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import lung_tumor
 from lung_tumor.cache import SliceCache, SliceDataset
-from lung_tumor.config import StreamConfig, TrainingConfig, load_config, validate_config
+from lung_tumor.config import StreamConfig, TrainingConfig, check_balance, load_config, validate_config
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
@@ -60,6 +60,7 @@ from lung_tumor.training.data import (
     build_augmentation,
     build_sampler,
     init_loader_worker,
+    lesion_shares,
     tumour_weights,
 )
 from lung_tumor.training.losses import build_loss
@@ -130,6 +131,7 @@ def train_from_config(
     build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
     sampler = _sampler_section(parser)
     tumour_weights([True, False], sampler.get("tumour_weight"), sampler.get("tumour_fraction"))
+    check_balance(sampler.get("balance", "slice"))
     build_loss(parser.get("loss"))
     StreamConfig.from_dict(parser.get_parsed_content("stream", default=None))
     optimizer = build_optimizer(parser, network.parameters())
@@ -358,8 +360,12 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     augmentation = build_augmentation(parser.get("augmentation"), cache.preprocess.image_size)
     train_ds = SliceDataset(cache, train_cases, context=context, transform=augmentation)
     sampler_cfg = _sampler_section(parser)
+    balance = check_balance(sampler_cfg.get("balance", "slice"))
     weights = tumour_weights(
-        train_ds.tumour_flags, sampler_cfg.get("tumour_weight"), sampler_cfg.get("tumour_fraction")
+        train_ds.tumour_flags,
+        sampler_cfg.get("tumour_weight"),
+        sampler_cfg.get("tumour_fraction"),
+        lesion_shares(train_ds) if balance == "lesion" else None,
     )
     samples_per_epoch = settings.samples_per_epoch or len(train_ds)
     stream = StreamConfig.from_dict(parser.get_parsed_content("stream", default=None))
@@ -377,7 +383,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         tumour_fraction = stream.tumour_fraction
         if tumour_fraction is None:
             tumour_fraction = sampler_cfg.get("tumour_fraction") or 0.5
-        synthetic = SyntheticSliceStream(stream, cache.preprocess, context, augmentation, tumour_fraction)
+        synthetic = SyntheticSliceStream(stream, cache.preprocess, context, augmentation, tumour_fraction, balance)
         sampler = MixedDraws(cached, streamed, len(train_ds), stream, seed, rank=rank, world_size=world_size)
         train_ds = MixedSliceDataset(train_ds, synthetic)
         log.info(
@@ -547,6 +553,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "train_slices": len(train_ds),
         "tumour_slices": int(train_ds.tumour_flags.sum()),
         "expected_tumour_fraction": float(weights[train_ds.tumour_flags].sum() / weights.sum()),
+        "sampler_balance": balance,
         "samples_per_epoch": samples_per_epoch,
         "stream": ({**stream.__dict__, "draws_per_epoch_and_rank": len(sampler)} if stream.enabled else None),
         "parameters": num_parameters,
