@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lung_tumor.errors import LungTumorError
 from lung_tumor.cache import SliceCache, SliceDataset
+from lung_tumor.errors import LungTumorError
 from lung_tumor.training.data import (
     SeededDraws,
     build_sampler,

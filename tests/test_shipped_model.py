@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def test_shipped_model_is_complete_small_and_documented() -> None:
     tuned = json.loads((DEFAULT_MODEL / "postprocess.json").read_text())  # chosen by lung-tumor tune
     assert load_postprocessing(DEFAULT_MODEL).as_dict() == tuned["settings"] and tuned["chosen_on"]["cases"]
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
-    for needed in ("lung-tumor train --config configs/pretrained.yaml", "synthetic", "not for diagnosis"):
+    for needed in (
+        "lung-tumor train --config configs/pretrained.yaml",
+        "lung-tumor train --config configs/pretrained_lesion.yaml",
+        "synthetic",
+        "not for diagnosis",
+    ):
         assert needed in card
 
 
@@ -102,24 +108,53 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(tmp_path: Path, capsy
     assert not (out / "checkpoints").exists()
 
 
-def test_gpu_stage_fine_tunes_the_cpu_stage_on_the_same_data() -> None:
-    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
-    from lung_tumor.training.run import load_initial_weights
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the first stage's network weights as exported (lung_tumor/models/default/checkpoints/best.pt until the second
+# stage replaced them): the shipped second stage started from them
+FIRST_STAGE_EXPORT_SHA256 = "2a238e45782776e8e78c9c97fd8a75c48c3f262c515191eebeb75e72e7d426e0"
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    cpu, gpu = load_config(configs / "pretrained.yaml"), load_config(configs / "pretrained_gpu.yaml")
+
+def _fine_tunes_the_first_stage_on_the_same_data(name: str) -> tuple[object, object]:
+    """The stage ``configs/NAME`` and the first stage ``configs/pretrained.yaml``, checked to share data, cache,
+    preprocessing and network, to draw a fresh stream and to start from the first stage's run folder."""
+    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
+
+    first, stage = load_config(CONFIGS / "pretrained.yaml"), load_config(CONFIGS / name)
     # same data, cache and preprocessing (worker count aside): the same validation cases choose the model
-    assert gpu["data"] == cpu["data"]
+    assert stage["data"] == first["data"]
     same = {"num_workers": 0}
-    assert PreprocessConfig.from_dict({**gpu["preprocess"], **same}) == PreprocessConfig.from_dict(
-        {**cpu["preprocess"], **same}
+    assert PreprocessConfig.from_dict({**stage["preprocess"], **same}) == PreprocessConfig.from_dict(
+        {**first["preprocess"], **same}
     )
-    assert gpu["network_def"] == cpu["network_def"] and gpu["features"] == cpu["features"]
-    # a fresh stream: none of the CPU run's synthetic cases
-    assert StreamConfig.from_dict(gpu["stream"]).seed != StreamConfig.from_dict(cpu["stream"]).seed
-    # it starts from the CPU stage's run folder, of which the shipped model is the export
-    start = TrainingConfig.from_dict(gpu["training"]).init_from
-    assert Path(start) == Path(cpu["output_dir"]) / cpu["run_name"] / f"fold_{cpu['fold']}"
-    assert json.loads((DEFAULT_MODEL / "metadata.json").read_text())["config_hash"] == config_hash(cpu.get())
-    network = gpu.get_parsed_content("network_def", instantiate=True)
+    assert stage["network_def"] == first["network_def"] and stage["features"] == first["features"]
+    # a fresh stream: none of the first stage's synthetic cases
+    assert StreamConfig.from_dict(stage["stream"]).seed != StreamConfig.from_dict(first["stream"]).seed
+    start = TrainingConfig.from_dict(stage["training"]).init_from
+    assert Path(start) == Path(first["output_dir"]) / first["run_name"] / f"fold_{first['fold']}"
+    assert stage["run_name"] != first["run_name"]
+    return first, stage
+
+
+def test_gpu_stage_fine_tunes_the_cpu_stage_on_the_same_data() -> None:
+    from lung_tumor.config import StreamConfig, load_config
+
+    _, gpu = _fine_tunes_the_first_stage_on_the_same_data("pretrained_gpu.yaml")
+    lesion = load_config(CONFIGS / "pretrained_lesion.yaml")
+    assert StreamConfig.from_dict(gpu["stream"]).seed != StreamConfig.from_dict(lesion["stream"]).seed
+
+
+def test_shipped_model_is_the_lesion_stage_as_configured() -> None:
+    from lung_tumor.training.run import load_initial_weights, saved_config_hash
+
+    _, stage = _fine_tunes_the_first_stage_on_the_same_data("pretrained_lesion.yaml")
+    assert stage["sampler"]["balance"] == "lesion"
+    # the config as trained, but for where the weights came from: the run started from the first stage's export,
+    # then the shipped model (the same network weights as the first stage's run folder)
+    as_run = copy.deepcopy(stage.get())
+    as_run["training"]["init_from"] = "lung_tumor/models/default"
+    metadata = json.loads((DEFAULT_MODEL / "metadata.json").read_text())
+    assert metadata["config_hash"] == saved_config_hash(as_run)
+    assert metadata["init_from"]["sha256"] == FIRST_STAGE_EXPORT_SHA256
+    assert metadata["sampler_balance"] == "lesion" and metadata["stream"]["seed"] == 1400
+    network = stage.get_parsed_content("network_def", instantiate=True)
     assert load_initial_weights(network, DEFAULT_MODEL).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"
