@@ -123,12 +123,13 @@ def test_items_have_the_cache_shapes_binary_labels_and_the_tumour_fraction(cache
 
 
 @pytest.mark.parametrize("balance, nodule_share", [("slice", 2 / 21), ("lesion", 0.5 + 0.5 / 20)])
-def test_a_lesion_balanced_stream_shows_a_nodule_as_often_as_a_mass(balance, nodule_share):
+def test_a_lesion_balanced_stream_shows_a_nodule_as_often_as_a_mass(balance, nodule_share, monkeypatch):
     stream = SyntheticSliceStream(STREAM, PreprocessConfig.from_dict(PREPROCESS), tumour_fraction=1.0, balance=balance)
     label = np.zeros((40, SIZE, SIZE), np.uint8)
     label[3:5, 2:4, 2:4] = 1  # a nodule on slices 3-4
     label[4:24, 10:20, 10:20] = 1  # a mass on slices 4-23
-    stream._cases[0] = (np.zeros(label.shape, np.float16), label)  # stands in for a generated case
+    made = (np.zeros(label.shape, np.float16), label)  # stands in for a generated case
+    monkeypatch.setattr("lung_tumor.training.stream.stream_case_arrays", lambda number, cfg, preprocess: made)
     slices = np.array([stream[(0, seed)]["slice"] for seed in range(1500)])
     assert ((slices >= 3) & (slices <= 23)).all()
     observed = np.isin(slices, [3, 4]).mean()

@@ -97,30 +97,36 @@ class SyntheticSliceStream(Dataset):
         self.cfg, self.preprocess, self.context, self.transform = cfg, preprocess, int(context), transform
         self.tumour_fraction = float(tumour_fraction)
         self.balance = check_balance(balance)
-        self._cases: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._shares: OrderedDict[int, np.ndarray] = OrderedDict()
+        # image, label and (balancing by lesion) each slice's lesion share of this process's last cases
+        self._cases: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
 
-    def case(self, number: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stream case ``number`` as (image, label) arrays (Z, H, W), from this process's last cases if there."""
+    def _case_and_share(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if number in self._cases:
             self._cases.move_to_end(number)
         else:
-            self._cases[number] = stream_case_arrays(number, self.cfg, self.preprocess)
+            image, label = stream_case_arrays(number, self.cfg, self.preprocess)
+            share = lesion_slice_share(label) if self.balance == "lesion" else None
+            self._cases[number] = (image, label, share)
             while len(self._cases) > _CASES_KEPT:
                 self._cases.popitem(last=False)
         return self._cases[number]
 
+    def case(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stream case ``number`` as (image, label) arrays (Z, H, W), from this process's last cases if there."""
+        image, label, _ = self._case_and_share(number)
+        return image, label
+
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         number, seed = int(item[0]), int(item[1])
-        image, label = self.case(number)
+        image, label, lesion_share = self._case_and_share(number)
         tumour = label.reshape(label.shape[0], -1).any(axis=1)
         rng = np.random.default_rng([seed, _STREAM_TAG])
         want_tumour = rng.random() < self.tumour_fraction
         pool = np.flatnonzero(tumour if want_tumour else ~tumour)
         if pool.size == 0:  # a tumour-free case, or tumour on every slice
             pool = np.arange(label.shape[0])
-        if want_tumour and self.balance == "lesion" and tumour.any():
-            share = self._lesion_share(number, label)[pool]
+        if want_tumour and lesion_share is not None and tumour.any():
+            share = lesion_share[pool]
             z = int(rng.choice(pool, p=share / share.sum()))
         else:
             z = int(rng.choice(pool))
@@ -137,16 +143,9 @@ class SyntheticSliceStream(Dataset):
             self.transform.set_random_state(seed=seed)
         return self.transform(sample)
 
-    def _lesion_share(self, number: int, label: np.ndarray) -> np.ndarray:
-        if number not in self._shares:
-            self._shares[number] = lesion_slice_share(label)
-            while len(self._shares) > _CASES_KEPT:
-                self._shares.popitem(last=False)
-        return self._shares[number]
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_cases"], state["_shares"] = OrderedDict(), OrderedDict()  # each loader worker makes its own
+        state["_cases"] = OrderedDict()  # each loader worker makes its own
         return state
 
 
