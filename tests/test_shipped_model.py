@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from monai.bundle import ConfigParser
 from test_geometry import make_shift_run
 
 from lung_tumor import models
@@ -114,7 +115,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FIRST_STAGE_EXPORT_SHA256 = "2a238e45782776e8e78c9c97fd8a75c48c3f262c515191eebeb75e72e7d426e0"
 
 
-def _fine_tunes_the_first_stage_on_the_same_data(name: str) -> tuple[object, object]:
+def _fine_tunes_the_first_stage_on_the_same_data(name: str) -> tuple[ConfigParser, ConfigParser]:
     """The stage ``configs/NAME`` and the first stage ``configs/pretrained.yaml``, checked to share data, cache,
     preprocessing and network, to draw a fresh stream and to start from the first stage's run folder."""
     from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
