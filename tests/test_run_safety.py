@@ -408,11 +408,11 @@ def test_a_forked_child_outliving_its_killed_parent_does_not_hold_the_lock(tmp_p
 import os, sys, time
 from lung_tumor.lock import folder_lock
 with folder_lock({str(tmp_path / "run")!r}):
-    child = os.fork()
-    if child == 0:
+    if os.fork() == 0:
+        # the child says its pid once it runs: its after-fork handlers (which drop the lock) have run by then
+        print(os.getpid(), flush=True)
         time.sleep(60)
         os._exit(0)
-    print(child, flush=True)
     time.sleep(60)
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
