@@ -78,6 +78,7 @@ def _predict(args: argparse.Namespace) -> None:
         min_lesion_mm3=args.min_lesion_mm3,
         lung_mask=args.lung_mask,
         flip_tta=args.flip_tta,
+        min_depth_ratio=args.min_depth_ratio,
         save_probabilities=args.probabilities,
         report=not args.no_report,
         html=not args.no_html,
@@ -235,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     stored = " (default: the run's postprocess.json, from lung-tumor tune; else %s)"
     p.add_argument("--threshold", type=float, default=None, help="tumour probability cut" + stored % "0.5")
     p.add_argument("--min-lesion-mm3", type=float, default=None, help="drop lesions smaller than this" + stored % "0")
+    p.add_argument(
+        "--min-depth-ratio",
+        type=float,
+        default=None,
+        help="drop lesions whose head-foot extent is under this fraction of their in-plane extent" + stored % "0",
+    )
     p.add_argument(
         "--lung-mask",
         action=argparse.BooleanOptionalAction,

@@ -156,6 +156,33 @@ def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: 
     return keep[labels].astype(mask.dtype)
 
 
+def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
+    """Per lesion ``1..count`` (index 0 unused): its craniocaudal extent over its widest in-plane extent, in mm of
+    its bounding box; ``inf`` for a lesion that reaches the first or last axial slice, which the scan may cut."""
+    affine = np.asarray(affine, dtype=float)
+    axial = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis closest to head-foot
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    ratios = np.full(count + 1, np.inf)
+    for index, box in enumerate(ndimage.find_objects(labels, count), 1):
+        if box is None or box[axial].start == 0 or box[axial].stop == labels.shape[axial]:
+            continue
+        extent = [(b.stop - b.start) * float(s) for b, s in zip(box, spacing, strict=True)]
+        ratios[index] = extent[axial] / max(e for axis, e in enumerate(extent) if axis != axial)
+    return ratios
+
+
+def remove_flat_lesions(mask: np.ndarray, affine: np.ndarray, min_ratio: float) -> np.ndarray:
+    """Drop lesions flatter than ``min_ratio`` (:func:`lesion_depth_ratios`)."""
+    if min_ratio <= 0:
+        return mask
+    labels, count = label_in_bounding_box(mask)
+    if not count:
+        return mask
+    keep = lesion_depth_ratios(labels, count, affine) >= min_ratio
+    keep[0] = False
+    return keep[labels].astype(mask.dtype)
+
+
 def keep_near_lungs(
     mask: np.ndarray, image_hu: np.ndarray, affine: np.ndarray, thorax: ThoraxMasks | None = None
 ) -> np.ndarray:
@@ -203,9 +230,10 @@ def clean_mask(
     affine: np.ndarray,
     thorax: ThoraxMasks | None,
 ) -> np.ndarray:
-    """A thresholded mask after the rest of ``settings``: small lesions removed, then (with ``lung_mask``,
+    """A thresholded mask after the rest of ``settings``: small and flat lesions removed, then (with ``lung_mask``,
     where ``thorax`` holds the CT's lungs) the lesions far from the lungs."""
     mask = remove_small_lesions(mask, spacing, settings.min_lesion_mm3)
+    mask = remove_flat_lesions(mask, affine, settings.min_depth_ratio)
     if settings.lung_mask:
         if thorax is None:
             raise ValueError("lung_mask needs the CT's thorax masks")
@@ -225,7 +253,9 @@ class Predictor:
         min_lesion_mm3: remove predicted lesions smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs.
         flip_tta: average the probabilities of the scan and its in-plane mirror images.
-            For these four, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
+        min_depth_ratio: remove predicted lesions whose craniocaudal extent is less than this fraction of their
+            widest in-plane extent (:func:`remove_flat_lesions`).
+            For these five, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
             ``lung-tumor tune``), else :data:`lung_tumor.postprocessing.DEFAULT`.
         slices_per_batch: axial slices sent to the network at once (default: from the slice size,
             :func:`slices_per_batch_for`).
@@ -255,12 +285,14 @@ class Predictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         flip_tta: bool | None = None,
+        min_depth_ratio: float | None = None,
     ) -> None:
         overrides = {
             "threshold": threshold,
             "min_lesion_mm3": min_lesion_mm3,
             "lung_mask": lung_mask,
             "flip_tta": flip_tta,
+            "min_depth_ratio": min_depth_ratio,
         }
         PostProcessing().with_overrides(**overrides)  # a bad value fails before the model loads
         if precision not in PRECISIONS:
@@ -386,6 +418,7 @@ class Predictor:
             settings.lung_mask,
             precision=self.precision,
             flip_tta=settings.flip_tta,
+            min_depth_ratio=settings.min_depth_ratio,
             ensemble_members=self.member_checkpoints if self.ensemble else (),
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
@@ -482,6 +515,7 @@ def predict(
     html: bool = True,
     precision: str = "auto",
     flip_tta: bool | None = None,
+    min_depth_ratio: float | None = None,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
@@ -497,8 +531,8 @@ def predict(
             (:func:`lung_tumor.models.default_model_dir`).
         input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
         output: mask file or folder (default: ``RUN/predictions/``; ``./predictions/`` with the shipped model).
-        threshold, min_lesion_mm3, lung_mask, flip_tta: post-processing (see :class:`Predictor`); ``None`` takes
-            the run's stored choice.
+        threshold, min_lesion_mm3, lung_mask, flip_tta, min_depth_ratio: post-processing (see :class:`Predictor`);
+            ``None`` takes the run's stored choice.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
         report: write the tumour spread report (``CASE_report.json``, ``.txt`` and, with ``html``, ``.html``).
         overwrite: replace existing output files that lung-tumor did not write (never an input).
@@ -528,6 +562,7 @@ def predict(
         lung_mask=lung_mask,
         precision=precision,
         flip_tta=flip_tta,
+        min_depth_ratio=min_depth_ratio,
     )
     paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []

@@ -30,18 +30,24 @@ class PostProcessing:
         min_lesion_mm3: drop predicted lesions (26-connected) smaller than this.
         lung_mask: keep only lesions in or within 10 mm of the lungs (a HU lung mask, :mod:`lung_tumor.thorax`).
         flip_tta: average the probabilities of the scan and its in-plane (left-right, front-back) mirror images.
+        min_depth_ratio: drop predicted lesions whose craniocaudal extent is less than this fraction of their
+            widest in-plane extent (flat shapes along the mediastinum and chest wall are rarely tumour); a lesion
+            that reaches the first or last axial slice is kept, since the scan may cut it.
     """
 
     threshold: float = 0.5
     min_lesion_mm3: float = 0.0
     lung_mask: bool = False
     flip_tta: bool = False
+    min_depth_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not _is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
             raise LungTumorError(f"threshold must be in (0, 1), got {self.threshold!r}")
         if not _is_number(self.min_lesion_mm3) or self.min_lesion_mm3 < 0:
             raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {self.min_lesion_mm3!r}")
+        if not _is_number(self.min_depth_ratio) or self.min_depth_ratio < 0:
+            raise LungTumorError(f"min depth ratio must be >= 0, got {self.min_depth_ratio!r}")
         for name in ("lung_mask", "flip_tta"):
             if not isinstance(getattr(self, name), bool):
                 raise LungTumorError(f"{name} must be true or false, got {getattr(self, name)!r}")

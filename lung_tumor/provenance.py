@@ -61,6 +61,7 @@ def prediction_provenance(
     precision: str = "float32",
     flip_tta: bool = False,
     ensemble_members: Sequence[str | Path] = (),
+    min_depth_ratio: float = 0.0,
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -75,6 +76,7 @@ def prediction_provenance(
         precision: the network's arithmetic: ``float32``, or ``bfloat16`` autocast.
         flip_tta: whether the probabilities average the scan and its in-plane mirror images.
         ensemble_members: for an ensemble (``checkpoint`` is then its ``ensemble.json``), each member's checkpoint.
+        min_depth_ratio: the flat-lesion removal setting (0: off).
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
@@ -89,6 +91,7 @@ def prediction_provenance(
             "min_lesion_mm3": float(min_lesion_mm3),
             "lung_mask": bool(lung_mask),
             "flip_tta": bool(flip_tta),
+            "min_depth_ratio": float(min_depth_ratio),
         },
         "input": str(source),
         "input_sha256": input_sha256(source),

@@ -526,7 +526,9 @@ def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
         f"  model: lung_tumor {provenance['package_version']}, run {provenance['run_dir']}, "
         f"checkpoint {provenance['checkpoint']}",
         f"  settings: threshold {provenance['threshold']:g}, min lesion {settings['min_lesion_mm3']:g} mm3, "
-        f"lung mask {'on' if settings['lung_mask'] else 'off'}",
+        f"lung mask {'on' if settings['lung_mask'] else 'off'}, "
+        f"mirror images {'on' if settings.get('flip_tta') else 'off'}, "
+        f"min depth ratio {settings.get('min_depth_ratio', 0.0):g}",
         f"  input: {provenance['input']} (sha256 {provenance['input_sha256']}"
         + (f", series {provenance['series_instance_uid']}" if provenance.get("series_instance_uid") else "")
         + f"), report date {provenance['date_utc']}",

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scipy import ndimage
 
 from lung_tumor.cli import main
-from lung_tumor.inference import Predictor, keep_near_lungs, remove_small_lesions
+from lung_tumor.inference import (
+    Predictor,
+    keep_near_lungs,
+    lesion_depth_ratios,
+    remove_flat_lesions,
+    remove_small_lesions,
+)
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "real_ct"
 SOFT_TISSUE_HU = -75.0  # the test network marks every voxel brighter than this
@@ -137,6 +144,26 @@ def test_small_lesions_are_removed_by_volume() -> None:
     assert kept.sum() == 125 and kept[2, 2, 2] == 0
 
 
+def test_flat_lesions_are_removed_by_depth_ratio_unless_the_scan_cuts_them() -> None:
+    mask = np.zeros((30, 30, 12), np.uint8)
+    mask[2:12, 2:12, 5:6] = 1  # a pancake: 10 x 10 mm in plane, 2 mm deep (ratio 0.2)
+    mask[15:21, 15:21, 4:7] = 1  # a ball: 6 x 6 mm, 6 mm deep (ratio 1)
+    mask[20:30, 2:12, 11:12] = 1  # as flat, but on the last slice: the scan may cut it
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    labels, count = ndimage.label(mask, np.ones((3, 3, 3)))
+    ratios = lesion_depth_ratios(labels, count, affine)
+    assert ratios[labels[3, 3, 5]] == pytest.approx(0.2) and ratios[labels[16, 16, 5]] == pytest.approx(1.0)
+    assert np.isinf(ratios[labels[25, 5, 11]])
+    kept = remove_flat_lesions(mask, affine, 0.3)
+    assert kept[2:12, 2:12, 5].sum() == 0 and kept.sum() == 6 * 6 * 3 + 100
+    np.testing.assert_array_equal(remove_flat_lesions(mask, affine, 0.2), mask)  # a ratio of exactly 0.2 stays
+    np.testing.assert_array_equal(remove_flat_lesions(mask, affine, 0.0), mask)
+    # head-foot is the voxel axis the affine points along z, whichever it is: here the first
+    turned = np.transpose(mask, (2, 0, 1))
+    swap = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(remove_flat_lesions(turned, swap, 0.3), np.transpose(kept, (2, 0, 1)))
+
+
 def test_lung_filter_drops_lesions_far_from_the_lungs() -> None:
     image = chest((160, 140, 24))
     affine = ORIENTATIONS["RAS"]
@@ -162,8 +189,6 @@ def test_real_dicom_and_nifti_give_the_same_mask_on_the_input_grid(tmp_path: Pat
 def test_real_thorax_nothing_far_outside_the_lungs(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", pixel_mm=1.5, image_size=128)
     result = Predictor(run, lung_mask=True).predict_file(REAL_CT / "thorax-no-tumour" / "ct.nii.gz")
-    from scipy import ndimage
-
     from lung_tumor.report import lung_mask
 
     lungs = lung_mask(result.image_hu, result.affine)

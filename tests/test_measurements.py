@@ -365,7 +365,12 @@ def test_every_report_field_is_documented_in_the_schema(tmp_path: Path) -> None:
     assert provenance["checkpoint"] == str((run / "checkpoints" / "best.pt").resolve())
     assert provenance["run_dir"] == str(run.resolve())
     assert provenance["threshold"] == 0.5
-    assert provenance["post_processing"] == {"min_lesion_mm3": 0.0, "lung_mask": False, "flip_tta": False}
+    assert provenance["post_processing"] == {
+        "min_lesion_mm3": 0.0,
+        "lung_mask": False,
+        "flip_tta": False,
+        "min_depth_ratio": 0.0,
+    }
     assert provenance["series_instance_uid"] is None
     stamped = datetime.datetime.fromisoformat(provenance["date_utc"])
     assert stamped.utcoffset() == datetime.timedelta(0)

@@ -47,11 +47,26 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
     mask, _ = read_mask(tmp_path / "stored" / "lung_001.nii.gz")
     assert found(mask, lesions) == {"bright", "dim"}  # small (113 mm3) and wall (far from the lungs) removed
     provenance = json.loads((tmp_path / "stored" / "lung_001_report.json").read_text())["provenance"]
-    assert provenance["post_processing"] == {"min_lesion_mm3": 200.0, "lung_mask": True, "flip_tta": False}
+    assert provenance["post_processing"] == {
+        "min_lesion_mm3": 200.0,
+        "lung_mask": True,
+        "flip_tta": False,
+        "min_depth_ratio": 0.0,
+    }
+    text = (tmp_path / "stored" / "lung_001_report.txt").read_text()
+    assert "min lesion 200 mm3, lung mask on, mirror images off, min depth ratio 0" in text
 
     predict_cli(run, source, tmp_path / "overridden", "--no-lung-mask", "--min-lesion-mm3", "0")
     mask, _ = read_mask(tmp_path / "overridden" / "lung_001.nii.gz")
     assert found(mask, lesions) == set(LESIONS)
+
+    # the four balls are as deep as they are wide: a ratio of 0.5 keeps them, one of 3 keeps none
+    for ratio, kept in (("0.5", set(LESIONS)), ("3", set())):
+        out = tmp_path / f"ratio_{ratio}"
+        predict_cli(run, source, out, "--no-lung-mask", "--min-lesion-mm3", "0", "--min-depth-ratio", ratio)
+        assert found(read_mask(out / "lung_001.nii.gz")[0], lesions) == kept
+        report = json.loads((out / "lung_001_report.json").read_text())
+        assert report["provenance"]["post_processing"]["min_depth_ratio"] == float(ratio)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +76,7 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
         ('{"settings": {"threshold": 1.5}}', "threshold must be in (0, 1)"),
         ('{"settings": {"treshold": 0.4}}', "unknown setting(s) ['treshold']"),
         ('{"settings": {"lung_mask": "yes"}}', "lung_mask must be true or false"),
+        ('{"settings": {"min_depth_ratio": -0.1}}', "min depth ratio must be >= 0"),
         ("[1, 2]", "no 'settings' object"),
     ],
 )
@@ -123,6 +139,7 @@ def test_scores_count_false_lesions_and_tumour_free_scans() -> None:
         "min_lesion_mm3": 30.0,
         "lung_mask": False,
         "flip_tta": False,
+        "min_depth_ratio": 0.0,
     }
 
 
@@ -132,7 +149,7 @@ def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(t
     assert main(["tune", "--run", str(run), "--data", str(data), "--cases", "lung_001"]) == 0
     content = json.loads((run / "postprocess.json").read_text())
     assert content["chosen_on"]["cases"] == ["lung_001"]
-    assert len(content["results"]) == 5 * 5 * 2 * 2
+    assert len(content["results"]) == 5 * 5 * 2 * 2 * 4
     best = max(r["dice_per_case_mean"] for r in content["results"])
     assert content["chosen"]["dice_per_case_mean"] == best > content["baseline"]["dice_per_case_mean"]
     # the wall lesion is the only false one, and only the lung mask removes it without losing the small lesion
@@ -177,7 +194,7 @@ class _LungsOf:
 
 
 def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
-    from lung_tumor.evaluation.tune import MIN_LESION_MM3, THRESHOLDS, crop_to_findings, score_grid
+    from lung_tumor.evaluation.tune import MIN_DEPTH_RATIOS, MIN_LESION_MM3, THRESHOLDS, crop_to_findings, score_grid
 
     shape = (48, 40, 20)
     lungs = np.zeros(shape, bool)
@@ -187,6 +204,9 @@ def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
     probability[15:19, 10:14, 8:12] = 200  # 6 mm from the lungs: kept by the lung mask
     probability[32:35, 20:23, 5:8] = 120  # 23 mm away: dropped by it
     probability[20:21, 30:31, 3:4] = 230  # a one-voxel lesion
+    probability[36:46, 2:10, 14:15] = 180  # a flat false lesion (depth ratio 0.1), dropped by a depth ratio
+    probability[24:27, 28:36, 11:13] = 190  # a true lesion of ratio 0.25, kept by 0.2 only
+    truth[24:27, 28:36, 11:13] = True
     truth[15:19, 10:13, 8:12] = True
     truth[26:28, 5:7, 15:17] = True  # missed
     mirrored = probability.copy()
@@ -194,13 +214,15 @@ def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
     whole = _Case("c", {False: probability, True: mirrored}, truth, (1.0, 1.0, 1.0), np.eye(4), _LungsOf(lungs))
     cut = crop_to_findings(whole)
     assert cut.truth.shape[0] < shape[0] and cut.truth.sum() == truth.sum()
-    for t, m, lung, tta in itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)):
-        settings = PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta)
+    grid = list(itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True), MIN_DEPTH_RATIOS))
+    for t, m, lung, tta, ratio in grid:
+        settings = PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta, min_depth_ratio=ratio)
         assert score_settings([cut], settings) == score_settings([whole], settings), settings
     # the whole grid at once, with a tumour-free case beside it, as setting by setting on the whole volumes
     healthy_probability = np.zeros(shape, np.uint8)
     healthy_probability[5:8, 5:8, 5:8] = 150  # a false lesion inside the lungs
     healthy_probability[40:45, 30:35, 10:14] = 100  # 100 voxels of 3 mm3: exactly a minimum volume of the grid
+    healthy_probability[20:30, 10:20, 0:1] = 200  # flat, but on the scan's first slice: never dropped as flat
     healthy = _Case(
         "h",
         {False: healthy_probability, True: healthy_probability // 2 + 30},
@@ -209,15 +231,23 @@ def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
         np.diag([1.0, 2.0, 1.5, 1.0]),
         _LungsOf(lungs),
     )
-    grid = list(itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)))
     expected = [
-        score_settings([whole, healthy], PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta))
-        for t, m, lung, tta in grid
+        score_settings(
+            [whole, healthy],
+            PostProcessing(threshold=t, min_lesion_mm3=m, lung_mask=lung, flip_tta=tta, min_depth_ratio=ratio),
+        )
+        for t, m, lung, tta, ratio in grid
     ]
     assert score_grid([cut, crop_to_findings(healthy)]) == expected
     assert len({(r["dice_per_case_mean"], r["false_lesions_per_scan"]) for r in expected}) > 5  # the grid matters
     # the lung mask drops the far lesions and keeps the near one, whose lungs lie outside the findings' own box
-    for lung, false in ((False, 2), (True, 0)):
+    for lung, false, sensitivity in ((False, 3, 2 / 3), (True, 0, 1 / 3)):  # the flat true lesion is 14 mm away
         settings = PostProcessing(threshold=0.4, min_lesion_mm3=0, lung_mask=lung, flip_tta=False)
         assert score_settings([cut], settings)["false_lesions_per_scan"] == false
-        assert score_settings([cut], settings)["lesion_sensitivity"] == 0.5
+        assert score_settings([cut], settings)["lesion_sensitivity"] == pytest.approx(sensitivity, abs=1e-4)
+    # a depth ratio drops the flat false lesion, then the flat true one; the one cut by the scan's edge stays
+    for ratio, false, sensitivity in ((0.0, 3, 2 / 3), (0.2, 2, 2 / 3), (0.3, 2, 1 / 3)):
+        settings = PostProcessing(threshold=0.4, min_depth_ratio=ratio)
+        assert score_settings([cut], settings)["false_lesions_per_scan"] == false
+        assert score_settings([cut], settings)["lesion_sensitivity"] == pytest.approx(sensitivity, abs=1e-4)
+    assert score_settings([healthy], PostProcessing(threshold=0.5, min_depth_ratio=0.4))["false_lesions_per_scan"] == 2

@@ -1,10 +1,10 @@
 """``lung-tumor tune``: choose a run's post-processing on its validation cases, not by taste.
 
 Each validation case is segmented once without and once with test-time mirror images (``flip_tta``); every
-combination of threshold, minimum lesion volume and lung mask is then applied to the stored probabilities and
-scored in 3D. The objective is the mean per-case Dice in which a tumour-free case scores 1 when nothing is
-predicted and 0 otherwise, so that false lesions in healthy scans cost as much as a missed tumour; ties go to
-fewer false lesions per scan, then to the simpler setting. The choice and the score of every combination go to
+combination of threshold, minimum lesion volume, minimum depth ratio and lung mask is then applied to the stored
+probabilities and scored in 3D. The objective is the mean per-case Dice in which a tumour-free case scores 1 when
+nothing is predicted and 0 otherwise, so that false lesions in healthy scans cost as much as a missed tumour; ties
+go to fewer false lesions per scan, then to the simpler setting. The choice and the score of every combination go to
 ``RUN/postprocess.json``, which ``predict`` and ``evaluate`` then use (:mod:`lung_tumor.postprocessing`).
 """
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_LESION_MM3 = (0.0, 30.0, 100.0, 300.0, 1000.0)
+MIN_DEPTH_RATIOS = (0.0, 0.2, 0.3, 0.4)
 
 
 @dataclass
@@ -120,9 +121,9 @@ def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
     mirror setting and threshold: a minimum volume and the lung mask keep or drop whole lesions, each judged alone,
     so their effect follows from per-lesion figures (volume, voxels on the truth, true lesions touched, near lung).
     """
-    from lung_tumor.inference import near_lung_flags
+    from lung_tumor.inference import lesion_depth_ratios, near_lung_flags
 
-    grid = list(itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True)))
+    grid = list(itertools.product(THRESHOLDS, MIN_LESION_MM3, (False, True), (False, True), MIN_DEPTH_RATIOS))
     dices: dict[tuple, list[float]] = {setting: [] for setting in grid}
     counts = {setting: np.zeros(3, dtype=np.int64) for setting in grid}  # detected, true, false
     for case in cases:
@@ -136,14 +137,19 @@ def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
             hits = np.bincount(labels[on_truth], minlength=count + 1)  # truth voxels under each lesion
             pairs = np.unique(np.stack([labels[on_truth], true_labels[on_truth]]), axis=1)  # (lesion, true lesion)
             near = near_lung_flags(labels, count, case.affine, case.thorax)
-            for minimum, lung in itertools.product(MIN_LESION_MM3, (False, True)):
+            # a case cut to its findings keeps a margin round them: a lesion reaches the cut's first or last axial
+            # slice only where it reaches the scan's (crop_to_findings)
+            depth = lesion_depth_ratios(labels, count, case.affine)
+            for minimum, lung, ratio in itertools.product(MIN_LESION_MM3, (False, True), MIN_DEPTH_RATIOS):
                 kept = voxels * voxel_mm3 >= minimum
                 kept[0] = False
                 if lung:
                     kept &= near
+                if ratio > 0:
+                    kept &= depth >= ratio
                 predicted = int(voxels[kept].sum())
                 total = predicted + truth_voxels
-                setting = (threshold, minimum, lung, tta)
+                setting = (threshold, minimum, lung, tta, ratio)
                 dices[setting].append(1.0 if total == 0 else 2.0 * int(hits[kept].sum()) / total)
                 touching = pairs[:, kept[pairs[0]]]
                 hit_lesions = np.unique(touching[0]).size
@@ -151,8 +157,10 @@ def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
     results = []
     for setting in grid:
         detected, true, false = (int(v) for v in counts[setting])
-        threshold, minimum, lung, tta = setting
-        settings = PostProcessing(threshold=threshold, min_lesion_mm3=minimum, lung_mask=lung, flip_tta=tta)
+        threshold, minimum, lung, tta, ratio = setting
+        settings = PostProcessing(
+            threshold=threshold, min_lesion_mm3=minimum, lung_mask=lung, flip_tta=tta, min_depth_ratio=ratio
+        )
         results.append(
             {
                 "settings": settings.as_dict(),
@@ -164,10 +172,17 @@ def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
     return results
 
 
-def _simplicity(settings: dict[str, Any]) -> tuple[int, float, float]:
-    """Fewer active steps first, then the default threshold, then the smallest size cut."""
-    active = int(settings["flip_tta"]) + int(settings["lung_mask"]) + int(settings["min_lesion_mm3"] > 0)
-    return active, abs(settings["threshold"] - DEFAULT.threshold), settings["min_lesion_mm3"]
+def _simplicity(settings: dict[str, Any]) -> tuple[int, float, float, float]:
+    """Fewer active steps first, then the default threshold, then the smallest size cut, then the smallest depth
+    ratio."""
+    active = (
+        int(settings["flip_tta"])
+        + int(settings["lung_mask"])
+        + int(settings["min_lesion_mm3"] > 0)
+        + int(settings["min_depth_ratio"] > 0)
+    )
+    threshold_step = abs(settings["threshold"] - DEFAULT.threshold)
+    return active, threshold_step, settings["min_lesion_mm3"], settings["min_depth_ratio"]
 
 
 def choose(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
