@@ -1,11 +1,11 @@
-"""Are a model's false lesions flat? Lesion shape against truth on labelled scans, and a flatness rule scored.
+"""Are a model's false lesions flat? The depth ratio of true and false lesions on labelled scans.
 
 Each labelled scan of ``--data`` is segmented with the model's own post-processing (``postprocess.json``). For every
 predicted lesion (26-connected) the depth ratio is its craniocaudal extent over its widest in-plane extent, in mm of
-its bounding box; a lesion that reaches the first or last axial slice has none (the scan may cut it) and is never
-dropped. The script prints the ratios of true and false lesions, then the mean per-case Dice (a tumour-free scan
-scoring 1 when empty, as ``lung-tumor tune`` scores), lesion sensitivity and false lesions per scan when lesions
-under each minimum ratio are dropped. Run it on validation scans, never on a held-out set, to choose a rule:
+its bounding box (:func:`lung_tumor.inference.lesion_depth_ratios`); a lesion that reaches the first or last axial
+slice has none (the scan may cut it). The script prints the ratios of the lesions that touch the truth and of those
+that do not. ``lung-tumor tune`` scores minimum ratios (``min_depth_ratio``) beside the other settings; this shows
+why they help. Run it on validation scans, never on a held-out set:
 
     python scripts/bench_lesion_shape.py --data runs/pretrained/validation_full
     python scripts/bench_lesion_shape.py --run runs/pretrained/runs/lesion/fold_0 --data runs/pretrained/validation_full
@@ -18,28 +18,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from lung_tumor.data.msd import list_cases
 from lung_tumor.evaluation.evaluate import _load_truth
 from lung_tumor.evaluation.lesions import label_lesions
-from lung_tumor.inference import Predictor
+from lung_tumor.inference import Predictor, lesion_depth_ratios
 from lung_tumor.models import default_model_dir
-
-MIN_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-def depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
-    """Per lesion ``1..count``: craniocaudal over widest in-plane extent; ``inf`` where the scan's ends cut it."""
-    axial = int(np.argmax(np.abs(affine[2, :3])))
-    spacing = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
-    ratios = np.full(count + 1, np.inf)
-    for index, box in enumerate(ndimage.find_objects(labels, count), 1):
-        if box is None or box[axial].start == 0 or box[axial].stop == labels.shape[axial]:
-            continue
-        extent = [(b.stop - b.start) * float(s) for b, s in zip(box, spacing, strict=True)]
-        ratios[index] = extent[axial] / max(e for axis, e in enumerate(extent) if axis != axial)
-    return ratios
 
 
 def main() -> None:
@@ -48,39 +32,29 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="labelled scans in the MSD layout (validation)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    predictor = Predictor(args.run or default_model_dir())
+    predictor = Predictor(args.run or default_model_dir(), min_depth_ratio=0.0)  # every lesion, flat ones too
     print(f"model: {args.run or default_model_dir()}  post-processing: {predictor.postprocessing.as_dict()}")
-    scans = []
+    true_all, false_all = [], []
     for case in list_cases(args.data):
         if case.label is None:
             continue
         result = predictor.predict_file(case.image)
         truth = _load_truth(case, result.mask.shape, result.affine) != 0
         labels, count = label_lesions(result.mask)
-        true_labels, true_count = label_lesions(truth)
-        ratios = depth_ratios(labels, count, result.affine)
-        voxels = np.bincount(labels.ravel(), minlength=count + 1)
-        on_truth = (labels > 0) & truth
-        hits = np.bincount(labels[on_truth], minlength=count + 1)
-        pairs = np.unique(np.stack([labels[on_truth], true_labels[on_truth]]), axis=1)
-        scans.append((ratios, voxels, hits, pairs, int(truth.sum()), true_count))
+        ratios = lesion_depth_ratios(labels, count, result.affine)
+        hits = np.bincount(labels[(labels > 0) & truth], minlength=count + 1)
         true_ratios = [round(float(ratios[i]), 2) for i in range(1, count + 1) if hits[i]]
         false_ratios = [round(float(ratios[i]), 2) for i in range(1, count + 1) if not hits[i]]
+        true_all += true_ratios
+        false_all += false_ratios
         print(f"  {case.case_id}: depth ratios of true lesions {true_ratios}, of false lesions {false_ratios}")
-    print("minimum ratio | Dice per case | sensitivity | false lesions per scan")
-    for minimum in MIN_RATIOS:
-        dices, detected, true, false = [], 0, 0, 0
-        for ratios, voxels, hits, pairs, truth_voxels, true_count in scans:
-            kept = ratios >= minimum
-            kept[0] = False
-            total = int(voxels[kept].sum()) + truth_voxels
-            dices.append(1.0 if total == 0 else 2.0 * int(hits[kept].sum()) / total)
-            touching = pairs[:, kept[pairs[0]]]
-            detected += np.unique(touching[1]).size
-            true += true_count
-            false += int(kept.sum()) - np.unique(touching[0]).size
-        sensitivity = detected / true if true else float("nan")
-        print(f"{minimum:g} | {np.mean(dices):.3f} | {sensitivity:.2f} | {false / len(scans):.2f}")
+    for name, ratios in (("true", true_all), ("false", false_all)):
+        finite = [r for r in ratios if np.isfinite(r)]
+        quartiles = np.percentile(finite, [0, 25, 50, 75, 100]).round(2).tolist() if finite else []
+        print(
+            f"{name} lesions: {len(ratios)} ({len(ratios) - len(finite)} cut by the scan); "
+            f"ratio min/q1/median/q3/max {quartiles}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_LESION_MM3 = (0.0, 30.0, 100.0, 300.0, 1000.0)
-MIN_DEPTH_RATIOS = (0.0, 0.2, 0.3, 0.4)
+MIN_DEPTH_RATIOS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 @dataclass
