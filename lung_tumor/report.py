@@ -56,7 +56,7 @@ BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma 
 AIR_MAX_HU = -400.0  # "air-like" for the lung mask (lung parenchyma is about -900..-500)
 CONTACT_DILATION_VOXELS = 2
 MIN_CONTACT_VOXELS = 3
-SCHEMA_VERSION = "2.3"
+SCHEMA_VERSION = "2.4"
 
 CONVENTIONS = {
     "schema_version": f"{SCHEMA_VERSION}: fields, units and conventions in docs/report_schema.md",
