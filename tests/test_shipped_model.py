@@ -159,3 +159,24 @@ def test_shipped_model_is_the_lesion_stage_as_configured() -> None:
     assert metadata["sampler_balance"] == "lesion" and metadata["stream"]["seed"] == 1400
     network = stage.get_parsed_content("network_def", instantiate=True)
     assert load_initial_weights(network, DEFAULT_MODEL).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"
+
+
+def test_fine_grid_stage_fine_tunes_the_lesion_stage_on_the_same_data_and_field() -> None:
+    """The third stage tried (not shipped): the lesion stage on 2.0 mm pixels, same data, field of view, network
+    and sampling, from a fresh stream."""
+    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
+
+    lesion, stage = load_config(CONFIGS / "pretrained_lesion.yaml"), load_config(CONFIGS / "pretrained_fine.yaml")
+    assert stage["data"]["root"] == lesion["data"]["root"] and stage["fold"] == lesion["fold"]
+    assert stage["data"]["cache_dir"] != lesion["data"]["cache_dir"]  # slices of another grid
+    fine, coarse = PreprocessConfig.from_dict(stage["preprocess"]), PreprocessConfig.from_dict(lesion["preprocess"])
+    assert (fine.pixel_mm, coarse.pixel_mm) == (2.0, 2.5)
+    assert fine.pixel_mm * fine.image_size == coarse.pixel_mm * coarse.image_size  # the same 400 mm field
+    for name in ("network_def", "features", "context_slices", "sampler", "loss", "augmentation"):
+        assert stage[name] == lesion[name], name
+    earlier = ("pretrained.yaml", "pretrained_lesion.yaml", "pretrained_gpu.yaml")
+    seeds = {StreamConfig.from_dict(load_config(CONFIGS / name)["stream"]).seed for name in earlier}
+    assert StreamConfig.from_dict(stage["stream"]).seed not in seeds  # a fresh stream
+    start = TrainingConfig.from_dict(stage["training"]).init_from
+    assert Path(start) == Path(lesion["output_dir"]) / lesion["run_name"] / f"fold_{lesion['fold']}"
+    assert stage["run_name"] != lesion["run_name"]
