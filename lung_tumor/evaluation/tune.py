@@ -88,7 +88,9 @@ class _ShiftedThorax:
 def crop_to_findings(case: _Case) -> _Case:
     """The case cut to the box of its truth and of every voxel any setting could call tumour, grown by the lung
     mask's margin: every score of the grid is the same as on the whole volume (no lesion, truth or lung voxel
-    within reach lies outside), and a full-size scan costs a fraction as much to score 200 times.
+    within reach lies outside), and a full-size scan costs a fraction as much to score 600 times. The margin is
+    at least one voxel, so a lesion reaches the cut's first or last axial slice only where it reaches the scan's
+    (the depth ratio spares exactly those lesions).
     """
     from lung_tumor.inference import lung_margin_voxels
 
