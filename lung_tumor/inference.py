@@ -30,6 +30,7 @@ from lung_tumor.ensemble import FILENAME as ENSEMBLE_FILENAME
 from lung_tumor.ensemble import check_members_compatible, ensemble_members, is_ensemble
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import save_nifti
+from lung_tumor.measurements import axial_axis, voxel_spacing
 from lung_tumor.models import default_model_dir
 from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.postprocessing import PostProcessing, load_postprocessing
@@ -159,14 +160,12 @@ def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: 
 def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
     """Per lesion ``1..count`` (index 0 unused): its craniocaudal extent over its widest in-plane extent, in mm of
     its bounding box; ``inf`` for a lesion that reaches the first or last axial slice, which the scan may cut."""
-    affine = np.asarray(affine, dtype=float)
-    axial = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis closest to head-foot
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    axial, spacing = axial_axis(affine), voxel_spacing(affine)
     ratios = np.full(count + 1, np.inf)
     for index, box in enumerate(ndimage.find_objects(labels, count), 1):
         if box is None or box[axial].start == 0 or box[axial].stop == labels.shape[axial]:
             continue
-        extent = [(b.stop - b.start) * float(s) for b, s in zip(box, spacing, strict=True)]
+        extent = [(b.stop - b.start) * s for b, s in zip(box, spacing, strict=True)]
         ratios[index] = extent[axial] / max(e for axis, e in enumerate(extent) if axis != axial)
     return ratios
 
