@@ -144,19 +144,6 @@ def prefetched(items: Sequence[T], load: Callable[[T], R]) -> Iterator[tuple[T, 
             ahead.cancel()
 
 
-def remove_small_lesions(mask: np.ndarray, spacing: tuple[float, ...], min_mm3: float) -> np.ndarray:
-    """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres."""
-    if min_mm3 <= 0:
-        return mask
-    labels, count = label_in_bounding_box(mask)
-    if not count:
-        return mask
-    sizes_mm3 = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sizes_mm3 >= min_mm3
-    return keep[labels].astype(mask.dtype)
-
-
 def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
     """Per lesion ``1..count`` (index 0 unused): its craniocaudal extent over its widest in-plane extent, in mm of
     its bounding box; ``inf`` for a lesion that reaches the first or last axial slice, which the scan may cut."""
@@ -170,14 +157,19 @@ def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> n
     return ratios
 
 
-def remove_flat_lesions(mask: np.ndarray, affine: np.ndarray, min_ratio: float) -> np.ndarray:
-    """Drop lesions flatter than ``min_ratio`` (:func:`lesion_depth_ratios`)."""
-    if min_ratio <= 0:
+def remove_lesions(
+    mask: np.ndarray, affine: np.ndarray, min_mm3: float = 0.0, min_depth_ratio: float = 0.0
+) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres or flatter than ``min_depth_ratio``
+    (:func:`lesion_depth_ratios`), labelling the mask once for both."""
+    if min_mm3 <= 0 and min_depth_ratio <= 0:
         return mask
     labels, count = label_in_bounding_box(mask)
     if not count:
         return mask
-    keep = lesion_depth_ratios(labels, count, affine) >= min_ratio
+    keep = np.bincount(labels.ravel(), minlength=count + 1) * float(np.prod(voxel_spacing(affine))) >= min_mm3
+    if min_depth_ratio > 0:
+        keep &= lesion_depth_ratios(labels, count, affine) >= min_depth_ratio
     keep[0] = False
     return keep[labels].astype(mask.dtype)
 
@@ -223,16 +215,11 @@ def near_lung_flags(labels: np.ndarray, count: int, affine: np.ndarray, thorax: 
 
 
 def clean_mask(
-    mask: np.ndarray,
-    settings: PostProcessing,
-    spacing: tuple[float, ...],
-    affine: np.ndarray,
-    thorax: ThoraxMasks | None,
+    mask: np.ndarray, settings: PostProcessing, affine: np.ndarray, thorax: ThoraxMasks | None
 ) -> np.ndarray:
     """A thresholded mask after the rest of ``settings``: small and flat lesions removed, then (with ``lung_mask``,
     where ``thorax`` holds the CT's lungs) the lesions far from the lungs."""
-    mask = remove_small_lesions(mask, spacing, settings.min_lesion_mm3)
-    mask = remove_flat_lesions(mask, affine, settings.min_depth_ratio)
+    mask = remove_lesions(mask, affine, settings.min_lesion_mm3, settings.min_depth_ratio)
     if settings.lung_mask:
         if thorax is None:
             raise ValueError("lung_mask needs the CT's thorax masks")
@@ -253,7 +240,7 @@ class Predictor:
         lung_mask: keep only lesions in or within 10 mm of the lungs.
         flip_tta: average the probabilities of the scan and its in-plane mirror images.
         min_depth_ratio: remove predicted lesions whose craniocaudal extent is less than this fraction of their
-            widest in-plane extent (:func:`remove_flat_lesions`).
+            widest in-plane extent (:func:`remove_lesions`).
             For these five, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
             ``lung-tumor tune``), else :data:`lung_tumor.postprocessing.DEFAULT`.
         slices_per_batch: axial slices sent to the network at once (default: from the slice size,
@@ -407,7 +394,7 @@ class Predictor:
         spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
         settings = self.postprocessing
         thorax = thorax_masks(image_hu, affine) if settings.lung_mask else None
-        mask = clean_mask((probability_map > settings.threshold).astype(np.uint8), settings, spacing, affine, thorax)
+        mask = clean_mask((probability_map > settings.threshold).astype(np.uint8), settings, affine, thorax)
         provenance = prediction_provenance(
             path,
             self.run_dir,

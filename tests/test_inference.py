@@ -17,8 +17,7 @@ from lung_tumor.inference import (
     Predictor,
     keep_near_lungs,
     lesion_depth_ratios,
-    remove_flat_lesions,
-    remove_small_lesions,
+    remove_lesions,
 )
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "real_ct"
@@ -140,7 +139,7 @@ def test_small_lesions_are_removed_by_volume() -> None:
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[2:4, 2:4, 2:4] = 1  # 8 voxels of 2 mm3 = 16 mm3
     mask[10:15, 10:15, 10:15] = 1  # 250 mm3
-    kept = remove_small_lesions(mask, (1.0, 1.0, 2.0), min_mm3=20.0)
+    kept = remove_lesions(mask, np.diag([1.0, 1.0, 2.0, 1.0]), min_mm3=20.0)
     assert kept.sum() == 125 and kept[2, 2, 2] == 0
 
 
@@ -154,14 +153,21 @@ def test_flat_lesions_are_removed_by_depth_ratio_unless_the_scan_cuts_them() -> 
     ratios = lesion_depth_ratios(labels, count, affine)
     assert ratios[labels[3, 3, 5]] == pytest.approx(0.2) and ratios[labels[16, 16, 5]] == pytest.approx(1.0)
     assert np.isinf(ratios[labels[25, 5, 11]])
-    kept = remove_flat_lesions(mask, affine, 0.3)
+    kept = remove_lesions(mask, affine, min_depth_ratio=0.3)
     assert kept[2:12, 2:12, 5].sum() == 0 and kept.sum() == 6 * 6 * 3 + 100
-    np.testing.assert_array_equal(remove_flat_lesions(mask, affine, 0.2), mask)  # a ratio of exactly 0.2 stays
-    np.testing.assert_array_equal(remove_flat_lesions(mask, affine, 0.0), mask)
+    np.testing.assert_array_equal(
+        remove_lesions(mask, affine, min_depth_ratio=0.2), mask
+    )  # a ratio of exactly 0.2 stays
+    np.testing.assert_array_equal(remove_lesions(mask, affine, min_depth_ratio=0.0), mask)
     # head-foot is the voxel axis the affine points along z, whichever it is: here the first
     turned = np.transpose(mask, (2, 0, 1))
     swap = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
-    np.testing.assert_array_equal(remove_flat_lesions(turned, swap, 0.3), np.transpose(kept, (2, 0, 1)))
+    np.testing.assert_array_equal(remove_lesions(turned, swap, min_depth_ratio=0.3), np.transpose(kept, (2, 0, 1)))
+    # both rules from one labelling, as one after the other: the cut lesion (200 mm3) falls to the volume, the
+    # pancake to the ratio, the ball (216 mm3) stays
+    both = remove_lesions(mask, affine, min_mm3=210.0, min_depth_ratio=0.3)
+    np.testing.assert_array_equal(both, remove_lesions(kept, affine, min_mm3=210.0))
+    assert both.sum() == 6 * 6 * 3 and both[25, 5, 11] == 0 and both[16, 16, 5] == 1
 
 
 def test_lung_filter_drops_lesions_far_from_the_lungs() -> None:

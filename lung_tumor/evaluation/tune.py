@@ -61,7 +61,7 @@ def score_settings(cases: Sequence[_Case], settings: PostProcessing) -> dict[str
     dices, detected, true, false = [], 0, 0, 0
     for case in cases:
         mask = (case.probability[settings.flip_tta] > round(settings.threshold * 255)).astype(np.uint8)
-        mask = clean_mask(mask, settings, case.spacing, case.affine, case.thorax)  # the lungs found once per case
+        mask = clean_mask(mask, settings, case.affine, case.thorax)  # the lungs found once per case
         dices.append(_dice(mask != 0, case.truth))
         lesions = lesion_detection(mask, case.truth)
         detected += int(lesions["lesions_detected"])
