@@ -359,6 +359,9 @@ class TrainingConfig:
         batch_size: slices per step and process.
         samples_per_epoch: slices drawn per epoch over all processes (default: the number of training slices).
         num_workers: data-loader worker processes per training process.
+        threads: compute threads of each training process on a CPU (ignored on a GPU); ``null`` chooses them
+            (:func:`lung_tumor.cores.network_threads`): the cores this process may use, shared among the training
+            processes of the machine, less one for each loader worker when the ``stream`` keeps them busy.
         amp: mixed precision: float16 on a GPU (MONAI's engines); bfloat16 on a CPU that computes it natively
             (AVX512-BF16 or AMX), otherwise float32.
         max_iterations: stop after this many steps in all (for tests and CI); the run can be resumed.
@@ -376,6 +379,7 @@ class TrainingConfig:
     batch_size: int = 8
     samples_per_epoch: int | None = None
     num_workers: int = 2
+    threads: int | None = None
     amp: bool = True
     max_iterations: int | None = None
     max_minutes: float | None = None
@@ -399,6 +403,9 @@ class TrainingConfig:
             raise LungTumorError(f"training.max_minutes must be a positive number or null, got {self.max_minutes!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise LungTumorError(f"training.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        threads = self.threads
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise LungTumorError(f"training.threads must be an integer >= 1 or null, got {threads!r}")
         if not isinstance(self.amp, bool):
             raise LungTumorError(f"training.amp must be true or false, got {self.amp!r}")
         if not isinstance(self.threshold, int | float) or not 0 < self.threshold < 1:

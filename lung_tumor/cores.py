@@ -43,3 +43,16 @@ def thread_count(workers: int | None) -> int:
 def executor(threads: int) -> ThreadPoolExecutor | InThisThread:
     """A pool of ``threads`` threads, or for one thread the calling thread itself (:class:`InThisThread`)."""
     return ThreadPoolExecutor(max_workers=threads) if threads > 1 else InThisThread()
+
+
+def network_threads(requested: int | None, processes: int = 1, busy_workers: int = 0) -> int:
+    """Intra-op threads for a process's network on a CPU: ``requested`` when given; else the cores this process
+    may use shared among the ``processes`` training processes of this machine, less one core for each loader
+    worker that keeps one busy the whole time (a worker making synthetic cases); at least one.
+
+    Two compute threads on two cores beside a busy worker contend for a core and wait for each other at every
+    operation; one thread then trains faster than two.
+    """
+    if requested is not None:
+        return int(requested)
+    return max(1, available_cores() // max(1, processes) - busy_workers)

@@ -13,6 +13,7 @@ import torch
 from monai.data import DataLoader
 from torch.utils.data import WeightedRandomSampler
 
+from lung_tumor import cores
 from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.cli import main
 from lung_tumor.config import PreprocessConfig, StreamConfig, load_config
@@ -179,6 +180,27 @@ def test_stream_training_stopped_and_resumed_ends_with_the_weights_of_an_uninter
     uninterrupted = torch.load(tmp_path / "runs" / "straight" / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in uninterrupted["network"].items():
         torch.testing.assert_close(state["network"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("requested", "processes", "busy", "threads"),
+    [(None, 1, 0, 4), (None, 1, 1, 3), (None, 2, 1, 1), (None, 1, 6, 1), (2, 1, 1, 2)],
+)
+def test_network_threads_leave_a_core_to_each_busy_worker(requested, processes, busy, threads, monkeypatch):
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
+    assert cores.network_threads(requested, processes, busy) == threads
+
+
+def test_stream_training_steps_leave_the_worker_a_core_and_validation_takes_them_all(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
+    calls: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+    former = torch.get_num_threads()
+    stream = {"stream": {"enabled": True, "slices_per_case": 8}, "training.epochs": 1, "training.num_workers": 1}
+    metadata = train_from_config(CONFIGS / "demo.yaml", fold=1, overrides=tiny_overrides(tmp_path, cache_dir, **stream))
+    # the step's threads, the validation's (all 4 cores) and back, then the caller's own setting restored
+    assert metadata["cpu_threads"] == 3 and calls == [3, 4, 3, former] and torch.get_num_threads() == former
 
 
 @pytest.mark.slow

@@ -210,6 +210,8 @@ def test_cli_errors_are_one_line(tmp_path, cache_dir, capsys):
     assert "cannot resume" in capsys.readouterr().err
     assert main(["train", *config, *sets, "--set", "training.batch_size=0"]) == 1
     assert "training.batch_size" in capsys.readouterr().err
+    assert main(["train", *config, *sets, "--set", "training.threads=0"]) == 1
+    assert "training.threads must be an integer >= 1 or null, got 0" in capsys.readouterr().err
     assert main(["train", *config, "--set", f"data.cache_dir={tmp_path / 'nowhere'}", "--set", "output_dir=x"]) == 1
     assert "no slice cache" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

@@ -49,6 +49,7 @@ from torch.utils.tensorboard import SummaryWriter
 import lung_tumor
 from lung_tumor.cache import SliceCache, SliceDataset
 from lung_tumor.config import StreamConfig, TrainingConfig, check_balance, load_config, validate_config
+from lung_tumor.cores import network_threads
 from lung_tumor.data.manifest import MANIFEST_PATH, fold_split, load_manifest, parse_fold
 from lung_tumor.errors import LungTumorError
 from lung_tumor.io import write_json
@@ -442,6 +443,17 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         decollate=False,
     )
     Average(output_transform=_loss_value).attach(trainer, "train_loss")
+    cpu_threads, former_threads = None, torch.get_num_threads()
+    if device.type == "cpu":
+        # training steps share the cores with the stream's busy workers; validation (workers idle) takes them all
+        processes = idist.get_nproc_per_node()
+        cpu_threads = network_threads(settings.threads, processes, settings.num_workers if stream.enabled else 0)
+        validation_threads = settings.threads or network_threads(None, processes)
+        torch.set_num_threads(cpu_threads)
+        if evaluator is not None:
+            evaluator.add_event_handler(Events.STARTED, lambda _: torch.set_num_threads(validation_threads))
+            evaluator.add_event_handler(Events.COMPLETED, lambda _: torch.set_num_threads(cpu_threads))
+        log.info("CPU threads: %d per training step, %d for validation", cpu_threads, validation_threads)
     if not writer_rank:  # one console for all ranks
         for engine in (trainer, evaluator):
             if engine is not None:
@@ -563,6 +575,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         "world_size": world_size,
         "device": str(device),
         "amp": "float16" if amp else "bfloat16" if cpu_bf16 else False,
+        "cpu_threads": cpu_threads,
     }
     started = time.monotonic()
     log.info(
@@ -588,6 +601,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
     try:
         trainer.run()
     finally:
+        torch.set_num_threads(former_threads)  # the calling process's own setting, as it was
         if writer is not None:
             writer.close()
     if writer_rank:
