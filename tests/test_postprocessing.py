@@ -149,7 +149,7 @@ def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(t
     assert main(["tune", "--run", str(run), "--data", str(data), "--cases", "lung_001"]) == 0
     content = json.loads((run / "postprocess.json").read_text())
     assert content["chosen_on"]["cases"] == ["lung_001"]
-    assert len(content["results"]) == 5 * 5 * 2 * 2 * 6
+    assert len(content["results"]) == 5 * 5 * 2 * 2 * 8
     best = max(r["dice_per_case_mean"] for r in content["results"])
     assert content["chosen"]["dice_per_case_mean"] == best > content["baseline"]["dice_per_case_mean"]
     # the wall lesion is the only false one, and only the lung mask removes it without losing the small lesion
