@@ -448,7 +448,7 @@ def _train_rank(content: dict[str, Any], resume: bool) -> None:
         # training steps share the cores with the stream's busy workers; validation (workers idle) takes them all
         processes = idist.get_nproc_per_node()
         cpu_threads = network_threads(settings.threads, processes, settings.num_workers if stream.enabled else 0)
-        validation_threads = settings.threads or network_threads(None, processes)
+        validation_threads = network_threads(settings.threads, processes)
         torch.set_num_threads(cpu_threads)
         if evaluator is not None:
             evaluator.add_event_handler(Events.STARTED, lambda _: torch.set_num_threads(validation_threads))
