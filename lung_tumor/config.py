@@ -371,7 +371,7 @@ class TrainingConfig:
         threshold: probability above which a pixel is tumour, for validation metrics.
         tensorboard_images: validation cases shown as (CT, truth, prediction) images in TensorBoard.
         init_from: start from these network weights instead of a random draw (fine-tuning): a checkpoint file, or
-            a run or model folder (its best checkpoint), e.g. ``lung_tumor/models/default``; the optimizer, the
+            a run or model folder (its best checkpoint), e.g. ``lung_tumor/models/default/member_1``; the optimizer, the
             schedule and the epochs start afresh. ``--resume`` continues from the run's own checkpoint instead.
     """
 

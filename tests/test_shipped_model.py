@@ -26,20 +26,36 @@ MAX_WEIGHTS_MB = 20
 
 
 def test_shipped_model_is_complete_small_and_documented() -> None:
-    weights = DEFAULT_MODEL / "checkpoints" / "best.pt"
-    assert 0 < weights.stat().st_size <= MAX_WEIGHTS_MB * 2**20
-    network, config = load_trained_model(DEFAULT_MODEL)  # the config hash check passes: config.yaml is as trained
-    assert (
-        sum(p.numel() for p in network.parameters())
-        == json.loads((DEFAULT_MODEL / "metadata.json").read_text())["parameters"]
-    )
-    assert config.get("stream")["enabled"] is True  # trained on the synthetic stream
-    tuned = json.loads((DEFAULT_MODEL / "postprocess.json").read_text())  # chosen by lung-tumor tune
+    from lung_tumor.ensemble import ensemble_members, is_ensemble
+
+    assert is_ensemble(DEFAULT_MODEL)
+    members = ensemble_members(DEFAULT_MODEL)
+    assert [m.name for m in members] == ["member_1", "member_2"]  # the lesion stage, then the small-lesion stage
+    weights = [member / "checkpoints" / "best.pt" for member in members]
+    assert 0 < sum(w.stat().st_size for w in weights) <= MAX_WEIGHTS_MB * 2**20
+    for member in members:
+        network, config = load_trained_model(member)  # the config hash check passes: config.yaml is as trained
+        assert (
+            sum(p.numel() for p in network.parameters())
+            == json.loads((member / "metadata.json").read_text())["parameters"]
+        )
+        assert config.get("stream")["enabled"] is True  # trained on the synthetic stream
+    tuned = json.loads((DEFAULT_MODEL / "postprocess.json").read_text())  # chosen by lung-tumor tune, for the pair
     assert load_postprocessing(DEFAULT_MODEL).as_dict() == tuned["settings"] and tuned["chosen_on"]["cases"]
+    # the first member alone is the model shipped before the pair, with its own post-processing
+    assert load_postprocessing(members[0]).as_dict() == {
+        "threshold": 0.4,
+        "min_lesion_mm3": 300.0,
+        "lung_mask": False,
+        "flip_tta": True,
+        "min_depth_ratio": 0.5,
+    }
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
     for needed in (
         "lung-tumor train --config configs/pretrained.yaml",
         "lung-tumor train --config configs/pretrained_lesion.yaml",
+        "lung-tumor train --config configs/pretrained_small.yaml",
+        "lung-tumor tune --run lung_tumor/models/default",
         "synthetic",
         "not for diagnosis",
     ):
@@ -153,12 +169,30 @@ def test_shipped_model_is_the_lesion_stage_as_configured() -> None:
     # then the shipped model (the same network weights as the first stage's run folder)
     as_run = copy.deepcopy(stage.get())
     as_run["training"]["init_from"] = "lung_tumor/models/default"
-    metadata = json.loads((DEFAULT_MODEL / "metadata.json").read_text())
+    member = DEFAULT_MODEL / "member_1"
+    metadata = json.loads((member / "metadata.json").read_text())
     assert metadata["config_hash"] == saved_config_hash(as_run)
     assert metadata["init_from"]["sha256"] == FIRST_STAGE_EXPORT_SHA256
     assert metadata["sampler_balance"] == "lesion" and metadata["stream"]["seed"] == 1400
     network = stage.get_parsed_content("network_def", instantiate=True)
-    assert load_initial_weights(network, DEFAULT_MODEL).resolve() == DEFAULT_MODEL / "checkpoints" / "best.pt"
+    assert load_initial_weights(network, member).resolve() == member / "checkpoints" / "best.pt"
+
+
+def test_shipped_small_lesion_member_is_the_small_stage_as_configured() -> None:
+    """The second member: configs/pretrained_small.yaml as trained, from the lesion stage's run folder."""
+    from lung_tumor.config import StreamConfig, TrainingConfig, load_config
+    from lung_tumor.training.run import saved_config_hash
+
+    lesion, stage = load_config(CONFIGS / "pretrained_lesion.yaml"), load_config(CONFIGS / "pretrained_small.yaml")
+    assert stage["data"] == lesion["data"] and stage["preprocess"] == lesion["preprocess"]
+    assert stage["network_def"] == lesion["network_def"] and stage["features"] == lesion["features"]
+    assert stage["loss"]["_target_"] == "monai.losses.DiceCELoss" and stage["loss"]["batch"] is False
+    start = TrainingConfig.from_dict(stage["training"]).init_from
+    assert Path(start) == Path(lesion["output_dir"]) / lesion["run_name"] / f"fold_{lesion['fold']}"
+    metadata = json.loads((DEFAULT_MODEL / "member_2" / "metadata.json").read_text())
+    assert metadata["config_hash"] == saved_config_hash(stage.get())
+    assert metadata["stream"]["seed"] == StreamConfig.from_dict(stage["stream"]).seed == 1900
+    assert metadata["init_from"]["path"] == f"{start}/checkpoints/best.pt"
 
 
 def test_fine_grid_stage_fine_tunes_the_lesion_stage_on_the_same_data_and_field() -> None:

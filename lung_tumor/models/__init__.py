@@ -1,11 +1,11 @@
 """The model shipped in the package: ``predict`` uses it when no ``--run`` is given.
 
-``lung_tumor/models/default/`` is a run folder (:mod:`lung_tumor.training.run`) cut down to what prediction
-needs: ``config.yaml``, ``metadata.json``, ``checkpoints/best.pt`` (network weights only), ``postprocess.json``
-(the post-processing chosen on validation data) and ``MODEL_CARD.md`` (training data, scores, limits).
-``lung-tumor export`` (:mod:`lung_tumor.export`) writes such a folder from any training run; given several runs it
-writes an ensemble folder instead (``ensemble.json`` and one such folder per member, :mod:`lung_tumor.ensemble`).
-"""
+A model folder is a run folder (:mod:`lung_tumor.training.run`) cut down to what prediction needs: ``config.yaml``,
+``metadata.json``, ``checkpoints/best.pt`` (network weights only), ``postprocess.json`` (the post-processing chosen
+on validation data). ``lung-tumor export`` (:mod:`lung_tumor.export`) writes such a folder from any training run;
+given several runs it writes an ensemble folder instead (``ensemble.json`` and one such folder per member,
+:mod:`lung_tumor.ensemble`). ``lung_tumor/models/default/`` is an ensemble folder of two members, with its own
+``postprocess.json`` and ``MODEL_CARD.md`` (training data, scores, limits)."""
 
 from __future__ import annotations
 
