@@ -30,6 +30,7 @@ def _synth(args: argparse.Namespace) -> None:
         acquisition=args.acquisition,
         overwrite=args.overwrite,
         variety=args.variety,
+        workers=args.workers,
     )
 
 
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="default: one L,P,S int16 grid per size; varied: each case acquired with a scanner and protocol "
         "drawn from the seed (spacing, slices, kernel, noise, padding, cropped field, slab, orientation, rescale)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes making cases side by side (same files whatever the number)"
     )
     p.set_defaults(func=_synth)
 

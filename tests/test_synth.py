@@ -111,11 +111,29 @@ def test_anatomy_lungs_above_abdomen() -> None:
         ({"cases": 0}, "at least 1"),
         ({"cases": 1, "size": "huge"}, "unknown size"),
         ({"cases": 1, "test_cases": -1}, "0 or more"),
+        ({"cases": 1, "workers": 0}, "--workers must be at least 1"),
     ],
 )
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(LungTumorError, match=message):
         synthesize_dataset(tmp_path / "out", **kwargs)
+
+
+def test_workers_write_the_same_files(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """Cases made side by side in processes: the same bytes, truth file and dataset.json as one process."""
+    assert main(["synth", "--out", str(tmp_path / "two"), "--cases", "2", "--test-cases", "1", "--workers", "2"]) == 0
+    written = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert [str(p) for p in written] == [
+        "dataset.json",
+        "imagesTr/lung_001.nii.gz",
+        "imagesTr/lung_002.nii.gz",
+        "imagesTs/lung_003.nii.gz",
+        "labelsTr/lung_001.nii.gz",
+        "labelsTr/lung_002.nii.gz",
+        TRUTH_FILE,
+    ]
+    for relative in written:
+        assert (tmp_path / "two" / relative).read_bytes() == (synthetic_dataset / relative).read_bytes(), relative
 
 
 def test_refuses_foreign_folder_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
