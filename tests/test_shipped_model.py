@@ -212,3 +212,28 @@ def test_fine_grid_stage_fine_tunes_the_lesion_stage_on_the_same_data_and_field(
     start = TrainingConfig.from_dict(stage["training"]).init_from
     assert Path(start) == Path(lesion["output_dir"]) / lesion["run_name"] / f"fold_{lesion['fold']}"
     assert stage["run_name"] != lesion["run_name"]
+
+
+def test_full_size_stage_fine_tunes_the_small_stage_on_full_size_scans() -> None:
+    """configs/pretrained_full.yaml: the small-lesion stage on full-size synthetic scans of their own seed (the earlier
+    stages saw only `--size small` cases, whose tumours start near 10 mm), same grid, network, loss and sampling, from
+    a fresh stream."""
+    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
+
+    small, stage = load_config(CONFIGS / "pretrained_small.yaml"), load_config(CONFIGS / "pretrained_full.yaml")
+    assert stage["data"]["root"] != small["data"]["root"] and stage["data"]["cache_dir"] != small["data"]["cache_dir"]
+    assert PreprocessConfig.from_dict(stage["preprocess"]) == PreprocessConfig.from_dict(small["preprocess"])
+    for name in ("network_def", "features", "context_slices", "sampler", "loss", "augmentation"):
+        assert stage[name] == small[name], name
+    header = (CONFIGS / "pretrained_full.yaml").read_text()
+    synth = f"lung-tumor synth --out {stage['data']['root']} --cases 40 --test-cases 0 --size full --seed 3131"
+    assert synth in header
+    earlier = ("pretrained.yaml", "pretrained_lesion.yaml", "pretrained_gpu.yaml", "pretrained_small.yaml")
+    seeds = {StreamConfig.from_dict(load_config(CONFIGS / name)["stream"]).seed for name in earlier}
+    assert StreamConfig.from_dict(stage["stream"]).seed not in seeds  # a fresh stream
+    # neither the validation scans' seed (the configs' `--seed 5555`) nor the held-out benchmark's (its default)
+    bench = (CONFIGS.parent / "scripts" / "bench_generalisation.py").read_text()
+    assert '"--seed", type=int, default=7777' in bench and "--size full --seed 5555" in header
+    start = TrainingConfig.from_dict(stage["training"]).init_from
+    assert Path(start) == Path(small["output_dir"]) / small["run_name"] / f"fold_{small['fold']}"
+    assert stage["run_name"] not in {load_config(CONFIGS / name)["run_name"] for name in earlier}
