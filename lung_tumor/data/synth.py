@@ -783,7 +783,7 @@ def synthesize_dataset(
         overwrite: replace files of ``out`` that lung-tumor did not write (a real dataset's scans).
         variety: ``default`` or ``varied`` (see :func:`synthesize_case`); ``varied`` records each tumour's
             kind and each case's findings in the truth file.
-        workers: processes that make cases side by side (a full-size case takes 15-40 s on one core); the
+        workers: processes that make cases side by side (a full-size case takes 15-30 s on one core); the
             files are the same bytes whatever the number.
 
     Returns:
