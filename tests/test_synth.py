@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +12,7 @@ import pytest
 
 from lung_tumor.cli import main
 from lung_tumor.data.msd import list_cases
-from lung_tumor.data.synth import TRUTH_FILE, synthesize_case, synthesize_dataset
+from lung_tumor.data.synth import TRUTH_FILE, in_order, synthesize_case, synthesize_dataset
 from lung_tumor.errors import LungTumorError
 
 
@@ -134,6 +135,24 @@ def test_workers_write_the_same_files(synthetic_dataset: Path, tmp_path: Path) -
     ]
     for relative in written:
         assert (tmp_path / "two" / relative).read_bytes() == (synthetic_dataset / relative).read_bytes(), relative
+
+
+def _mark_then_fail_first(item: tuple[Path, int]) -> int:
+    """In a worker process: item 0 fails at once; every other item waits 2 s, then leaves a marker file."""
+    folder, number = item
+    if number == 0:
+        raise ValueError("case 0 failed")
+    time.sleep(2.0)
+    (folder / f"done_{number}").touch()
+    return number
+
+
+def test_a_failing_case_stops_the_workers(tmp_path: Path) -> None:
+    """The failure reaches the caller and the cases not yet started are cancelled (8 would run without that)."""
+    with pytest.raises(ValueError, match="case 0 failed"):
+        list(in_order(_mark_then_fail_first, [(tmp_path, n) for n in range(9)], workers=2))
+    assert len(list(tmp_path.glob("done_*"))) <= 4  # the running ones, and those already queued to a worker
+    assert list(in_order(abs, [-3, 2, -1], workers=2)) == [3, 2, 1]  # in the items' order
 
 
 def test_refuses_foreign_folder_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -726,6 +727,23 @@ def _check_output_folder(out: Path) -> None:
             )
 
 
+def in_order(function: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``function(item)`` of each item, yielded in the items' order; computed side by side in ``workers`` fresh
+    (spawned) processes when ``workers > 1``. A failure or an interrupt cancels the items not yet started."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _write_case(
     index: int, out: Path, cases: int, seed: int, size: str, acquisition: str, variety: str
 ) -> tuple[str, bool, dict[str, Any]]:
@@ -835,12 +853,11 @@ def synthesize_dataset(
     lesions = 0
     indices = range(1, cases + test_cases + 1)
     write = partial(_write_case, out=out, cases=cases, seed=seed, size=size, acquisition=acquisition, variety=variety)
-    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        written = pool.map(write, indices) if pool is not None else map(write, indices)
-        for case_id, training, entry in tqdm(written, total=len(indices), desc="synth", unit="case", disable=None):
-            (training_ids if training else test_ids).append(case_id)
-            lesions += len(entry["tumours"])
-            truth["cases"][case_id] = entry
+    written = in_order(write, indices, workers)
+    for case_id, training, entry in tqdm(written, total=len(indices), desc="synth", unit="case", disable=None):
+        (training_ids if training else test_ids).append(case_id)
+        lesions += len(entry["tumours"])
+        truth["cases"][case_id] = entry
 
     note = f"lung_tumor synth, size {size}, seed {seed}, acquisition {acquisition}; ground truth in {TRUTH_FILE}"
     if variety != "default":
