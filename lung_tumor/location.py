@@ -47,7 +47,7 @@ from lung_tumor.report import (
     tissue_like_padding,
     voxel_spacing,
 )
-from lung_tumor.thorax import ThoraxMasks, _sample, upsample
+from lung_tumor.thorax import ThoraxMasks, _sample, sample_nonzero, upsample
 
 CONTACT_THRESHOLD_MM = 2.0  # a lesion touches a structure when the gap between them is at most this
 REPORT_GAP_MM = 10.0  # gaps up to this are reported (further structures: gap_mm is None)
@@ -438,6 +438,7 @@ def lung_anatomy(
     midline_x: float,
     tumour: np.ndarray | None = None,
     airway: Airway | None = None,
+    tumour_box: tuple[slice, ...] | None = None,
 ) -> LungAnatomy:
     """Left and right lungs, the tissue regions around them and the airway of one CT (module docstring).
 
@@ -448,6 +449,7 @@ def lung_anatomy(
         midline_x: world x (mm) of the body midline (:func:`lung_tumor.report.body_midline_x`).
         tumour: the tumour mask, when known: its voxels are neither lung nor the tissue around it.
         airway: :func:`track_airway` of the CT when already followed (followed here if not).
+        tumour_box: voxel slices holding every tumour voxel, when known (the rest of the mask is not read).
     """
     affine = np.asarray(affine, dtype=float)
     factors = thorax.factors
@@ -503,7 +505,7 @@ def lung_anatomy(
         body = body_mask(_sample(np.asarray(image_hu), factors), tissue_like_padding(image_hu, ax))
     tissue = body & (regions == 0)
     if tumour is not None:
-        tissue &= _sample(np.asarray(tumour), factors) == 0  # sampled first: no whole-CT copy
+        tissue &= ~sample_nonzero(tumour, factors, tumour_box)  # sampled first: no whole-CT copy
     _tissue_regions(regions, tissue, plane_z, extent, left_right_axis(affine), ax)
 
     return LungAnatomy(
@@ -583,6 +585,85 @@ def _third(fraction: float, names: tuple[str, str, str]) -> str:
     return names[min(int(fraction * 3), 2)]
 
 
+@dataclass
+class LesionSurroundings:
+    """One lesion and the CT around it, as far as the contact threshold reaches (:func:`lesion_surroundings`).
+
+    Attributes:
+        big: the voxel slices of the box around the lesion; ``lesion``, ``lungs`` (full-resolution lungs, other
+            lesions left out) and ``tissue`` (body voxels that are neither lung nor lesion) are masks on it.
+        points: the lesion's voxel indices in ``big``; ``world`` their world (RAS mm) centres, ``centroid`` the mean.
+        shell: the voxels of ``big`` next to the lesion (one dilation).
+        airway: the report's ``airway`` entry (distances to the carina and the nearest main bronchus).
+        threshold_mm: the contact threshold.
+    """
+
+    big: tuple[slice, ...]
+    lesion: np.ndarray
+    lungs: np.ndarray
+    tissue: np.ndarray
+    points: np.ndarray
+    world: np.ndarray
+    centroid: np.ndarray
+    shell: np.ndarray
+    airway: dict[str, Any]
+    threshold_mm: float
+
+
+def lesion_surroundings(
+    lesion_box: np.ndarray,
+    box: tuple[slice, ...],
+    all_lesions: np.ndarray,
+    image_hu: np.ndarray,
+    thorax: ThoraxMasks,
+    affine: np.ndarray,
+    airway: Airway,
+    threshold_mm: float = CONTACT_THRESHOLD_MM,
+) -> LesionSurroundings:
+    """What :func:`lesion_location` needs of one lesion before the lungs are split left and right.
+
+    Args:
+        lesion_box: the lesion's mask on the voxels of ``box`` (full-resolution voxel slices of the CT).
+        box: where ``lesion_box`` lies; it is grown here as far as the contact threshold needs.
+        all_lesions: the whole tumour mask (other lesions are neither lung nor tissue).
+        image_hu: the CT in Hounsfield units; ``affine`` its voxel-to-world affine.
+        thorax: its lungs; ``airway``: :func:`track_airway` of it.
+        threshold_mm: the contact threshold in millimetres.
+    """
+    spacing = np.array(voxel_spacing(affine))
+    shape = np.shape(image_hu)
+    reach = max(threshold_mm, REPORT_GAP_MM)
+    grow = [int(math.ceil((reach + 2 * s) / s)) + 1 for s in spacing]
+    big = tuple(slice(max(s.start - g, 0), min(s.stop + g, n)) for s, g, n in zip(box, grow, shape, strict=True))
+    lesion = np.zeros([s.stop - s.start for s in big], dtype=bool)
+    lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
+    lesions = np.asarray(all_lesions[big]) != 0
+    lungs = thorax.lungs(big) & ~lesions
+    tissue = body_mask(np.asarray(image_hu[big]), thorax.padding) & ~lungs & ~lesions
+    points = np.argwhere(lesion)
+    world = (points + [s.start for s in big]) @ affine[:3, :3].T + affine[:3, 3]
+    shell = ndimage.binary_dilation(lesion, iterations=1) & ~lesion
+    carina, bronchi, note = airway
+    distances: dict[str, Any] = {"note": note}
+    if carina is not None:
+        distances["distance_to_carina_mm"] = float(np.linalg.norm(world - carina, axis=1).min())
+        best = None
+        for side, bronchus in bronchi.items():
+            if side == "trachea":
+                continue
+            distance = float(cKDTree(bronchus).query(world)[0].min())
+            if best is None or distance < best[1]:
+                best = (side, distance)
+        distances["nearest_main_bronchus"] = best[0] if best else None
+        distances["distance_to_main_bronchus_mm"] = best[1] if best else None
+    else:
+        distances["distance_to_carina_mm"] = distances["distance_to_main_bronchus_mm"] = None
+        distances["nearest_main_bronchus"] = None
+    return LesionSurroundings(
+        big, lesion, lungs, tissue, points, world, world.mean(axis=0), shell, distances, threshold_mm
+    )
+
+
 def lesion_location(
     lesion_box: np.ndarray,
     box: tuple[slice, ...],
@@ -603,28 +684,29 @@ def lesion_location(
         threshold_mm: the contact threshold in millimetres.
 
     Returns:
-        ``{"location": {...}, "contacts": {...}, "airway": {...}}`` for the report's lesion entry.
+        ``{"location": {...}, "contacts": {...}, "airway": {...}}`` for the report's lesion entry: :func:`place_lesion`
+        of :func:`lesion_surroundings` (the report runs the first while the lungs are split).
     """
+    airway = (anatomy.carina_world, anatomy.bronchi_world, anatomy.airway_note)
+    near = lesion_surroundings(lesion_box, box, all_lesions, image_hu, thorax, anatomy.affine, airway, threshold_mm)
+    return place_lesion(near, anatomy)
+
+
+def place_lesion(near: LesionSurroundings, anatomy: LungAnatomy) -> dict[str, Any]:
+    """:func:`lesion_location` of a lesion whose surroundings are known, in the lungs split left and right."""
     affine = anatomy.affine
     spacing = np.array(voxel_spacing(affine))
-    shape = np.shape(image_hu)
+    big, lesion, lungs = near.big, near.lesion, near.lungs
+    points, world, centroid = near.points, near.world, near.centroid
+    threshold_mm = near.threshold_mm
     reach = max(threshold_mm, REPORT_GAP_MM)
-    grow = [int(math.ceil((reach + 2 * s) / s)) + 1 for s in spacing]
-    big = tuple(slice(max(s.start - g, 0), min(s.stop + g, n)) for s, g, n in zip(box, grow, shape, strict=True))
-    lesion = np.zeros([s.stop - s.start for s in big], dtype=bool)
-    lesion[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big, strict=True))] = lesion_box
-    lungs = thorax.lungs(big) & ~(np.asarray(all_lesions[big]) != 0)
     regions = anatomy.regions_at(big, lungs=False)
-    tissue = body_mask(np.asarray(image_hu[big]), thorax.padding) & ~lungs & ~(np.asarray(all_lesions[big]) != 0)
-    points = np.argwhere(lesion)
     offset = np.array([s.start for s in big])
-    world = (points + offset) @ affine[:3, :3].T + affine[:3, 3]
-    centroid = world.mean(axis=0)
 
     # contacts, one structure at a time
     contacts: dict[str, Any] = {"threshold_mm": threshold_mm}
     for name, label in STRUCTURES.items():
-        structure = tissue & (regions == label)
+        structure = near.tissue & (regions == label)
         finding = {"contact": False, "gap_mm": None, "contact_length_mm": 0.0}
         if _may_reach(structure, points, spacing, reach + 1e-6):  # else no gap within reach: none reported
             steps = _nearest_voxels(structure, points, spacing) - points
@@ -638,7 +720,7 @@ def lesion_location(
         contacts[name] = finding
 
     # which lung: the lung voxels near the lesion
-    shell = ndimage.binary_dilation(lesion, iterations=1) & ~lesion
+    shell = near.shell
     shell_lung = shell & lungs
     lung_labels = anatomy.regions_at(big, lungs=True)[shell_lung]
     right, left = int(np.count_nonzero(lung_labels == RIGHT)), int(np.count_nonzero(lung_labels == LEFT))
@@ -678,22 +760,7 @@ def lesion_location(
         location["zone"] = location["depth"] = "not assessed: the lesion is outside both lungs"
         location["zone_fraction"] = location["depth_fraction"] = None
 
-    airway: dict[str, Any] = {"note": anatomy.airway_note}
-    if anatomy.carina_world is not None:
-        airway["distance_to_carina_mm"] = float(np.linalg.norm(world - anatomy.carina_world, axis=1).min())
-        best = None
-        for side, bronchus in anatomy.bronchi_world.items():
-            if side == "trachea":
-                continue
-            distance = float(cKDTree(bronchus).query(world)[0].min())
-            if best is None or distance < best[1]:
-                best = (side, distance)
-        airway["nearest_main_bronchus"] = best[0] if best else None
-        airway["distance_to_main_bronchus_mm"] = best[1] if best else None
-    else:
-        airway["distance_to_carina_mm"] = airway["distance_to_main_bronchus_mm"] = None
-        airway["nearest_main_bronchus"] = None
-    return {"location": location, "contacts": contacts, "airway": airway}
+    return {"location": location, "contacts": contacts, "airway": near.airway}
 
 
 def _depth(anatomy: LungAnatomy, centre: np.ndarray, lung: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from lung_tumor.attenuation import (
     lesion_attenuation,
 )
 from lung_tumor.cores import executor, thread_count
-from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions
+from lung_tumor.evaluation.lesions import LESION_CONNECTIVITY, label_lesions, lesion_components
 from lung_tumor.io import write_atomic
 from lung_tumor.measurements import (
     LUNG_ORGAN,
@@ -360,7 +360,8 @@ def tumour_report(
             # left and right lungs come from the coarse lungs of ThoraxMasks (found here for other lung masks)
             thorax_job = pool.submit(thorax_masks, image_hu, affine, workers)
         outer = outer or (slice(0, 1),) * 3  # an empty mask: one empty voxel
-        labels, count = label_lesions(mask[outer] != 0)
+        components = lesion_components(mask[outer])
+        count = len(components)
         midline_x, midline_method = midline_job.result()
         if image_hu is not None and count:
             from lung_tumor.location import track_airway
@@ -372,12 +373,14 @@ def tumour_report(
                 slice(max(o.start + s.start - margin, 0), min(o.start + s.stop + margin, n))
                 for o, s, n in zip(outer, local, mask.shape, strict=True)
             )
-            for local in ndimage.find_objects(labels)
+            for local, _ in components
         ]
-        lesion_boxes = [
-            labels[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer, strict=True))] == index
-            for index, box in enumerate(boxes, start=1)
-        ]
+        lesion_boxes = []  # each lesion's own voxels in its box grown by the margin
+        for box, (local, lesion) in zip(boxes, components, strict=True):
+            grown = np.zeros([b.stop - b.start for b in box], dtype=bool)
+            at = [o.start + s.start - b.start for o, s, b in zip(outer, local, box, strict=True)]
+            grown[tuple(slice(a, a + n) for a, n in zip(at, lesion.shape, strict=True))] = lesion
+            lesion_boxes.append(grown)
         contact_note = None
         if image_hu is None:
             contact_note = "unknown: no CT given"
@@ -399,11 +402,16 @@ def tumour_report(
         # split and the tissue around them labelled (submitted earlier, they would slow the lungs' search down)
         touching = [None] * count if contact_note else per_lesion(_contacts, mask, thorax, image_hu, affine, midline_x)
         measured = per_lesion(_lesion_entry, affine, mask.shape, image_hu, probability, midline_x)
+        placed = [None] * count
         if contact_note is None and count:
-            from lung_tumor.location import lesion_location, lung_anatomy
+            from lung_tumor.location import lesion_surroundings, lung_anatomy, place_lesion
 
-            anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask, airway=airway_job.result())
-        placed = [None] * count if anatomy is None else per_lesion(lesion_location, mask, image_hu, located, anatomy)
+            airway = airway_job.result()
+            # what each lesion's location needs of the CT around it is found while the lungs are split here
+            around = per_lesion(lesion_surroundings, mask, image_hu, located, affine, airway)
+            anatomy = lung_anatomy(image_hu, affine, located, midline_x, tumour=mask, airway=airway, tumour_box=outer)
+            jobs = {i: pool.submit(place_lesion, around[i].result(), anatomy) for i in largest_first}
+            placed = [jobs[i] for i in range(count)]
         lesions = []
         for entry, contacts, where in zip(measured, touching, placed, strict=True):
             lesion = entry.result()

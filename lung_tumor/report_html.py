@@ -43,7 +43,7 @@ from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage
 
 from lung_tumor.cores import executor, thread_count
-from lung_tumor.evaluation.lesions import label_lesions
+from lung_tumor.evaluation.lesions import lesion_components
 from lung_tumor.io import write_atomic
 from lung_tumor.outputs import marker
 from lung_tumor.visualize import (
@@ -628,15 +628,12 @@ def _lesion_alone(mask: np.ndarray, affine: np.ndarray, lesion: dict[str, Any]) 
     reach = int(np.ceil(lesion["greatest_3d_diameter_mm"] / np.linalg.svd(linear, compute_uv=False).min())) + 1
     centre = np.rint(lesion["centroid_voxel"]).astype(int)
     around = tuple(slice(max(c - reach, 0), min(c + reach + 1, n)) for c, n in zip(centre, np.shape(mask), strict=True))
-    labels, _ = label_lesions(np.asarray(mask[around]) != 0)
-    boxes = ndimage.find_objects(labels)
+    components = lesion_components(mask[around])
     start = np.array([s.start for s in around])
-    centroids = np.array(
-        [np.argwhere(labels[b] == i).mean(axis=0) + [s.start for s in b] for i, b in enumerate(boxes, 1)]
-    )
+    centroids = np.array([np.argwhere(alone).mean(axis=0) + [s.start for s in b] for b, alone in components])
     index = int(np.argmin(np.linalg.norm(centroids + start - lesion["centroid_voxel"], axis=1)))
-    box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(boxes[index], start, strict=True))
-    return box, labels[boxes[index]] == index + 1
+    local, alone = components[index]
+    return tuple(slice(s.start + o, s.stop + o) for s, o in zip(local, start, strict=True)), alone
 
 
 def write_report_html(

@@ -58,6 +58,21 @@ def _sample(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
     return np.pad(view, short, mode="edge") if any(s for _, s in short) else np.array(view)
 
 
+def sample_nonzero(mask: np.ndarray, factors: tuple[int, ...], box: tuple[slice, ...] | None = None) -> np.ndarray:
+    """``_sample(mask, factors) != 0``, reading only the voxels in ``box`` (where all non-zero voxels lie, if given)."""
+    if box is None:
+        return _sample(np.asarray(mask), factors) != 0
+    index = []
+    for f, n in zip(factors, mask.shape, strict=True):
+        offset = min(f // 2, n - 1)
+        last = offset + (len(range(offset, n, f)) - 1) * f  # a last block too short repeats the one before
+        index.append(np.minimum(offset + f * np.arange(-(-n // f)), last))
+    out = np.zeros([len(i) for i in index], dtype=bool)
+    inside = [np.flatnonzero((i >= s.start) & (i < s.stop)) for i, s in zip(index, box, strict=True)]
+    out[np.ix_(*inside)] = np.asarray(mask)[np.ix_(*(i[k] for i, k in zip(index, inside, strict=True)))] != 0
+    return out
+
+
 def upsample(coarse: np.ndarray, index: list[np.ndarray]) -> np.ndarray:
     """``coarse[np.ix_(*index)]`` for non-decreasing indices (a coarse grid onto a box of the full one), as runs.
 

@@ -18,6 +18,7 @@ from chest_phantom import AFFINE, SHAPE, add_box, add_sphere, chest, to_lps
 from PIL import Image
 from scipy import ndimage
 
+from lung_tumor.evaluation.lesions import label_lesions, lesion_components, nonzero_voxels
 from lung_tumor.location import (
     CHEST_WALL,
     DIAPHRAGM,
@@ -32,7 +33,15 @@ from lung_tumor.location import (
 from lung_tumor.measurements import _boundary, axial_axis, axial_calipers, caliper_diameter
 from lung_tumor.report import BODY_MIN_HU, hu_above, hu_below, nearest_along_lines, tumour_report, voxel_spacing
 from lung_tumor.report_html import _displayed, _png_data_uri, lesion_picture, write_report_html
-from lung_tumor.thorax import _largest_per_slice, _sample, coarse_factors, fill_holes_in_plane, thorax_masks, upsample
+from lung_tumor.thorax import (
+    _largest_per_slice,
+    _sample,
+    coarse_factors,
+    fill_holes_in_plane,
+    sample_nonzero,
+    thorax_masks,
+    upsample,
+)
 from lung_tumor.visualize import _DisplayVolume
 
 
@@ -306,6 +315,43 @@ def test_coarse_grid_upsampled_by_runs_as_by_gathering_every_voxel(factors: tupl
             for a, b, f, n in zip(starts, stops, factors, coarse.shape, strict=True)
         ]
         np.testing.assert_array_equal(upsample(coarse, index), coarse[np.ix_(*index)])
+
+
+@pytest.mark.parametrize("order", ["C", "F", "view"])
+def test_lesions_from_their_voxels_group_by_group_as_labelled_in_the_whole_array(order: str) -> None:
+    rng = np.random.default_rng(len(order))
+    counts = []
+    for trial in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 24, size=3))
+        values = (rng.random(shape) < [0.01, 0.05, 0.2, 0.6][trial % 4]).astype(np.uint8) * 3  # any non-zero value
+        if order == "F":
+            values = np.asfortranarray(values)
+        elif order == "view":
+            values = np.asfortranarray(np.pad(values, 2))[1:-1:, ::-1, 2:]  # strided, reversed, offset
+        labels, count = label_lesions(values)
+        counts.append(count)
+        found = lesion_components(values)
+        assert len(found) == count
+        for index, (box, lesion) in enumerate(found, start=1):
+            assert box == ndimage.find_objects(labels)[index - 1]
+            np.testing.assert_array_equal(lesion, labels[box] == index)
+        np.testing.assert_array_equal(nonzero_voxels(values), np.argwhere(values))
+    assert max(counts) >= 10 and 1 in counts  # sparse trials hold many lesions, dense ones run into one another
+
+
+@pytest.mark.parametrize("factors", [(3, 3, 2), (1, 2, 4), (5, 1, 1)])
+def test_coarse_tumour_sampled_in_its_box_as_sampled_from_the_whole_mask(factors: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(factors))
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(1, 20, size=3))
+        mask = np.zeros(shape, dtype=np.uint8)
+        low = [int(rng.integers(0, n)) for n in shape]
+        high = [int(rng.integers(a, n)) + 1 for a, n in zip(low, shape, strict=True)]
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        mask[box] = rng.random([b - a for a, b in zip(low, high, strict=True)]) < 0.5
+        np.testing.assert_array_equal(
+            sample_nonzero(np.asfortranarray(mask), factors, box), _sample(mask, factors) != 0
+        )
 
 
 def test_a_uint8_mask_of_any_value_gives_the_boolean_masks_report() -> None:
