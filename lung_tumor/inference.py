@@ -102,12 +102,7 @@ class PreparedVolume:
 
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` intra-op torch threads (``None``: as they are), then restore the former count.
-
-    A batch keeps a core busy outside the network: while one scan is segmented, the next is read and the previous
-    written (:func:`predict`). Its network then gets one core fewer: on 2 cores a folder of 10 full-size scans took
-    42-49 s with one torch thread against 48-74 s with two, which waited for the core the other threads held.
-    """
+    """Run the block with ``count`` intra-op torch threads (``None``: as they are), then restore the former count."""
     former = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
@@ -115,6 +110,20 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(former)
+
+
+def folder_network_threads(precision: str, cores: int | None = None) -> int:
+    """Intra-op torch threads for a folder's network on a CPU, where the next scan is read and the previous one's
+    mask and reports written beside it (:func:`predict`); ``cores``: those this process may use (default: found).
+
+    In bfloat16 (chosen on CPUs that compute it natively) the network's step is short and the reading and the reports
+    need a core of their own: on 2 cores of an Intel CPU with AMX, a folder of 10 full-size scans took 42-49 s with
+    one torch thread against 48-74 s with two, which waited for the core the other threads held. In float32 the
+    network's step is most of the work and takes every core: on 2 cores of an AMD EPYC (no bfloat16) the same
+    folder took 76-81 s with one thread against 54-62 s with two.
+    """
+    cores = available_cores() if cores is None else cores
+    return max(1, cores - 1) if precision == "bfloat16" else max(1, cores)
 
 
 def slices_per_batch_for(height: int, width: int) -> int:
@@ -581,7 +590,7 @@ def predict(
     pending = None
     with (
         progress,
-        torch_threads(max(1, available_cores() - 1) if many and predictor.device.type == "cpu" else None),
+        torch_threads(folder_network_threads(predictor.precision) if many and predictor.device.type == "cpu" else None),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-tumor-write") as writer,
         closing(prefetched(sources, predictor.prepare)) as volumes,
     ):

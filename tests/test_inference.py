@@ -15,6 +15,7 @@ from scipy import ndimage
 from lung_tumor.cli import main
 from lung_tumor.inference import (
     Predictor,
+    folder_network_threads,
     keep_near_lungs,
     lesion_depth_ratios,
     remove_lesions,
@@ -346,6 +347,15 @@ def test_auto_precision_is_bfloat16_only_for_runs_trained_with_amp_on_a_native_c
     assert Predictor(amp_run, device="cpu", precision="float32").precision == "float32"
     monkeypatch.setattr(inference, "cpu_bf16_supported", lambda: False)
     assert Predictor(amp_run, device="cpu").precision == "float32"
+
+
+@pytest.mark.parametrize(
+    ("precision", "cores", "threads"), [("bfloat16", 2, 1), ("bfloat16", 1, 1), ("float32", 2, 2), ("float32", 8, 8)]
+)
+def test_a_folders_network_leaves_a_core_to_reading_and_reports_in_bfloat16_only(
+    precision: str, cores: int, threads: int
+) -> None:
+    assert folder_network_threads(precision, cores) == threads
 
 
 def test_batch_size_follows_the_slice_size() -> None:
