@@ -345,6 +345,16 @@ class Predictor:
         The mean of the sigmoid outputs over the members of an ensemble and, with ``flip_tta``, over the scan and
         its mirror images.
         """
+        return self._probabilities(volume, mirrored=self.postprocessing.flip_tta)[-1]
+
+    def probabilities_with_and_without_flips(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`probabilities` without and with ``flip_tta``, from one pass of each member over the scan and its
+        mirror images (the scan's own pass serves both); each as the setting alone computes it, bit for bit."""
+        plain, mirrored = self._probabilities(volume, mirrored=True)
+        return plain, mirrored
+
+    def _probabilities(self, volume: torch.Tensor, mirrored: bool) -> list[torch.Tensor]:
+        """The scan's own probabilities and, when ``mirrored``, those averaged with its mirror images."""
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
         # slices as the slice cache stores them for training: (Z, Y, X)
         stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
@@ -353,18 +363,29 @@ class Predictor:
         if self.precision == "bfloat16":
             inferer = AutocastInferer(self.device.type, torch.bfloat16, inner=inferer)
         # mirror left-right and front-back in the slice plane, then back
-        flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if self.postprocessing.flip_tta else [()]
+        flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if mirrored else [()]
         with torch.inference_mode():
-            probability = torch.zeros_like(stack)
+            plain = torch.zeros_like(stack)  # each sum in the order one setting alone adds its terms
+            both = torch.zeros_like(stack) if mirrored else plain
             for network in self.networks:
                 call = self._member(network)
                 for axes in flips:
                     view = stack.flip(axes) if axes else stack
                     member = torch.sigmoid(inferer(view, call))
-                    probability += member.flip(axes) if axes else member
-            probability /= len(self.networks) * len(flips)
-            probability = probability[0].permute(0, 3, 2, 1).cpu()  # (1, X, Y, Z)
-        return probability.clone()  # a normal tensor: the inverse transforms may work on it in place
+                    member = member.flip(axes) if axes else member
+                    if not axes and mirrored:
+                        plain += member
+                    both += member
+            found = [plain / len(self.networks)] + ([both / (len(self.networks) * len(flips))] if mirrored else [])
+            found = [p[0].permute(0, 3, 2, 1).cpu() for p in found]  # (1, X, Y, Z)
+        return [p.clone() for p in found]  # normal tensors: the inverse transforms may work on them in place
+
+    def restore(self, prepared: PreparedVolume, probability: torch.Tensor) -> np.ndarray:
+        """Probabilities of the network's grid (:meth:`probabilities` of ``prepared``) back on the input's grid."""
+        on_grid = prepared.volume.clone()
+        on_grid.set_array(probability)
+        restored = prepared.transforms.inverse({"image": on_grid})["image"]
+        return np.asarray(restored[0].numpy(), dtype=np.float32)
 
     def prepare(self, path: str | Path) -> PreparedVolume:
         """Read one NIfTI file or DICOM series folder and preprocess it as the run was trained.
@@ -388,19 +409,17 @@ class Predictor:
             LungTumorError: the input is missing, unreadable, or not a 3D volume.
         """
         prepared = path if isinstance(path, PreparedVolume) else self.prepare(path)
-        path, image, volume, transforms = prepared.source, prepared.image, prepared.volume, prepared.transforms
+        path, image, volume = prepared.source, prepared.image, prepared.volume
         image_hu = image[0].numpy()
         affine = image.affine.numpy()
         start = time.perf_counter()
-        probability = volume.clone()
-        probability.set_array(self.probabilities(volume))
+        probability = self.probabilities(volume)
         inferred = time.perf_counter()
-        restored = transforms.inverse({"image": probability})["image"]
-        probability_map = np.asarray(restored[0].numpy(), dtype=np.float32)
+        probability_map = self.restore(prepared, probability)
         log.debug("%s: inference %.2f s, restore %.2f s", path.name, inferred - start, time.perf_counter() - inferred)
         if probability_map.shape != image_hu.shape:  # the inverse chain must land on the input grid
             raise RuntimeError(f"restored shape {probability_map.shape} differs from {image_hu.shape}")
-        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        spacing = voxel_spacing(affine)
         settings = self.postprocessing
         thorax = thorax_masks(image_hu, affine) if settings.lung_mask else None
         mask = clean_mask((probability_map > settings.threshold).astype(np.uint8), settings, affine, thorax)

@@ -61,6 +61,19 @@ def test_an_ensemble_averages_its_members_probabilities(
     torch.testing.assert_close(ensemble.probabilities(volume), (members[0] + members[1]) / 2, atol=1e-6, rtol=0)
 
 
+def test_tune_takes_both_flip_settings_from_one_pass_as_each_setting_alone(
+    tmp_path: Path, trained_runs: tuple[Path, Path]
+) -> None:
+    first, second = copies(trained_runs, tmp_path)
+    out = tmp_path / "ensemble"
+    export_ensemble([first, second], out)
+    volume = Predictor(first, precision="float32").prepare(scan(tmp_path)).volume
+    plain, mirrored = Predictor(out, precision="float32").probabilities_with_and_without_flips(volume)
+    alone = {tta: Predictor(out, precision="float32", flip_tta=tta).probabilities(volume) for tta in (False, True)}
+    assert (alone[True] - alone[False]).abs().max() > 1e-3  # the mirror images change the probabilities
+    assert torch.equal(plain, alone[False]) and torch.equal(mirrored, alone[True])  # bit for bit
+
+
 def test_predict_with_an_ensemble_records_every_member(tmp_path: Path, trained_runs: tuple[Path, Path]) -> None:
     first, second = copies(trained_runs, tmp_path)
     out = tmp_path / "ensemble"

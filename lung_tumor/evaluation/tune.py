@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lung_tumor.evaluation.evaluate import _load_truth, run_cases
 from lung_tumor.evaluation.lesions import label_lesions, lesion_detection
 from lung_tumor.io import write_json
+from lung_tumor.measurements import voxel_spacing
 from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.postprocessing import DEFAULT, FILENAME, PostProcessing
 from lung_tumor.thorax import thorax_masks
@@ -233,24 +234,26 @@ def tune_run(
     plan.check()
     log.info("tuning post-processing of %s on %s from %s", run, description, data)
 
-    predictors = {
-        tta: Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False, flip_tta=tta) for tta in (False, True)
-    }
+    predictor = Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False)
     scored: list[_Case] = []
     for case in tqdm(chosen_cases, desc="tune", unit="case"):
-        prepared = predictors[False].prepare(case.image)
-        results = {tta: predictor.predict_file(prepared) for tta, predictor in predictors.items()}
-        plain = results[False]
+        prepared = predictor.prepare(case.image)
+        # without and with flip_tta from one pass over the scan and its mirror images (the scan's own pass serves both)
+        both = predictor.probabilities_with_and_without_flips(prepared.volume)
+        image_hu, affine = prepared.image[0].numpy(), prepared.image.affine.numpy()
         whole = _Case(
             case.case_id,
-            {tta: np.round(r.probability * 255).astype(np.uint8) for tta, r in results.items()},
-            _load_truth(case, plain.mask.shape, plain.affine),
-            plain.spacing,
-            plain.affine,
-            thorax_masks(plain.image_hu, plain.affine),
+            {
+                tta: np.round(predictor.restore(prepared, p) * 255).astype(np.uint8)
+                for tta, p in zip((False, True), both, strict=True)
+            },
+            _load_truth(case, image_hu.shape, affine),
+            voxel_spacing(affine),
+            affine,
+            thorax_masks(image_hu, affine),
         )
         scored.append(crop_to_findings(whole))
-        del results, plain, prepared
+        del both, prepared, image_hu
     results = score_grid(scored)
     best = choose(results)
     baseline = next(r for r in results if r["settings"] == DEFAULT.as_dict())  # the defaults are in the grid
