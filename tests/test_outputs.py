@@ -312,12 +312,13 @@ def test_a_folder_writes_each_scan_while_the_next_is_segmented_and_as_one_by_one
     assert len(found) == 12 and len({found[f"{case}.nii.gz"] for case in cases}) == 3  # three different masks
 
 
-def test_a_folder_leaves_a_core_to_its_reader_and_writer(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("precision", "folder_threads"), [("bfloat16", 2), ("float32", 3)])
+def test_a_folder_leaves_a_core_to_its_reader_and_writer_in_bfloat16(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, precision: str, folder_threads: int
 ) -> None:
-    """A batch segments with one torch thread fewer than the cores (the read and the write have the other) and
-    writes each report in one thread; a single scan segments with all of them and leaves the report its default
-    (all cores); the count is restored afterwards."""
+    """A batch in bfloat16 segments with one torch thread fewer than the cores (the read and the write have the
+    other), in float32 with all of them, and writes each report in one thread; a single scan segments with all
+    of them and leaves the report its default (all cores); the count is restored afterwards."""
     import torch
 
     import lung_tumor.inference as inference
@@ -340,10 +341,10 @@ def test_a_folder_leaves_a_core_to_its_reader_and_writer(
     monkeypatch.setattr(inference, "available_cores", lambda: 3)
     before = torch.get_num_threads()
     try:
-        assert predict(capsys, run, folder, tmp_path / "out") == (0, [])
-        assert threads == [2, 2, 2] and torch.get_num_threads() == 3  # as the Predictor set it, for 3 cores
+        assert predict(capsys, run, folder, tmp_path / "out", "--precision", precision) == (0, [])
+        assert threads == [folder_threads] * 3 and torch.get_num_threads() == 3  # as the Predictor set it, 3 cores
         assert report_workers == [1, 1, 1]
-        assert predict(capsys, run, folder / "lung_001.nii.gz", tmp_path / "one") == (0, [])
+        assert predict(capsys, run, folder / "lung_001.nii.gz", tmp_path / "one", "--precision", precision) == (0, [])
         assert threads[3:] == [3] and report_workers[3:] == [None]
     finally:
         torch.set_num_threads(before)
