@@ -345,16 +345,17 @@ class Predictor:
         The mean of the sigmoid outputs over the members of an ensemble and, with ``flip_tta``, over the scan and
         its mirror images.
         """
-        return self._probabilities(volume, mirrored=self.postprocessing.flip_tta)[-1]
+        return self._probabilities(volume, mirrored=self.postprocessing.flip_tta)[0]
 
     def probabilities_with_and_without_flips(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`probabilities` without and with ``flip_tta``, from one pass of each member over the scan and its
         mirror images (the scan's own pass serves both); each as the setting alone computes it, bit for bit."""
-        plain, mirrored = self._probabilities(volume, mirrored=True)
+        plain, mirrored = self._probabilities(volume, mirrored=True, plain_too=True)
         return plain, mirrored
 
-    def _probabilities(self, volume: torch.Tensor, mirrored: bool) -> list[torch.Tensor]:
-        """The scan's own probabilities and, when ``mirrored``, those averaged with its mirror images."""
+    def _probabilities(self, volume: torch.Tensor, mirrored: bool, plain_too: bool = False) -> list[torch.Tensor]:
+        """The probabilities, averaged with the mirror images when ``mirrored``; with ``plain_too``, first those of
+        the scan's own pass alone (kept only when asked: predict's mirrored pass needs no second volume)."""
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
         # slices as the slice cache stores them for training: (Z, Y, X)
         stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
@@ -365,18 +366,21 @@ class Predictor:
         # mirror left-right and front-back in the slice plane, then back
         flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if mirrored else [()]
         with torch.inference_mode():
-            plain = torch.zeros_like(stack)  # each sum in the order one setting alone adds its terms
-            both = torch.zeros_like(stack) if mirrored else plain
+            # each sum in the order one setting alone adds its terms
+            plain = torch.zeros_like(stack) if plain_too else None
+            both = torch.zeros_like(stack)
             for network in self.networks:
                 call = self._member(network)
                 for axes in flips:
                     view = stack.flip(axes) if axes else stack
                     member = torch.sigmoid(inferer(view, call))
                     member = member.flip(axes) if axes else member
-                    if not axes and mirrored:
+                    if plain is not None and not axes:
                         plain += member
                     both += member
-            found = [plain / len(self.networks)] + ([both / (len(self.networks) * len(flips))] if mirrored else [])
+            found = ([plain / len(self.networks)] if plain is not None else []) + [
+                both / (len(self.networks) * len(flips))
+            ]
             found = [p[0].permute(0, 3, 2, 1).cpu() for p in found]  # (1, X, Y, Z)
         return [p.clone() for p in found]  # normal tensors: the inverse transforms may work on them in place
 
