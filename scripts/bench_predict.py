@@ -9,7 +9,7 @@ interleaved, in one run of this script:
   bfloat16);
 - a plain MONAI pipeline for the same network and geometry (LoadImaged, EnsureChannelFirstd, Orientationd,
   Spacingd, ScaleIntensityRanged, ResizeWithPadOrCropd, SliceInferer, Activationsd, Invertd, AsDiscreted,
-  SaveImaged), run as its own command (`--plain`);
+  SaveImaged), run as its own command (`--plain`), on the GPU where there is one, as `predict` is;
 - the breakdown of one `lung-tumor -v predict` (its DEBUG timing lines) and the import of `lung_tumor.inference`;
 - a folder of N scans in one command against N separate commands: scans per minute.
 
@@ -62,7 +62,8 @@ def plain_monai(run: Path, image: Path, output: Path) -> None:
 
     from lung_tumor.training.run import load_trained_model
 
-    network, config = load_trained_model(run)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where `predict` runs too
+    network, config = load_trained_model(run, device=device)
     pre = config["preprocess"]
     size = (pre["image_size"], pre["image_size"], -1)
     low, high = pre.get("intensity", {}).get("window", (-1350, 150))
@@ -93,7 +94,7 @@ def plain_monai(run: Path, image: Path, output: Path) -> None:
 
     data = preprocess({"image": str(image)})
     with torch.no_grad():
-        data["pred"] = SliceInferer(roi_size=size[:2], sw_batch_size=32, spatial_dim=2)(
+        data["pred"] = SliceInferer(roi_size=size[:2], sw_batch_size=32, spatial_dim=2, sw_device=device)(
             data["image"][None], network_2d
         )[0]
     post(data)
@@ -151,6 +152,12 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return float(wall), float(peak_kb) / 1024, process.stderr
 
 
+def gpu_name() -> str:
+    """The CUDA GPU that `predict` and the plain pipeline run on, or 'none' (asked in a child: no CUDA here)."""
+    probe = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() or "none"
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -205,12 +212,12 @@ def main() -> None:
         return
     out = args.work / "predict_out"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     python = sys.executable
     predict = [python, "-m", "lung_tumor", "predict", "--run", str(run), "--overwrite"]
     metadata = json.loads((run / "metadata.json").read_text()) if (run / "metadata.json").is_file() else {}
     print(f"run {run} (best validation Dice {metadata.get('best_metric', '?')}), scan {scan.name} {SHAPE}")
-    print(f"{os.cpu_count()} CPUs, load average at start: {load_average()}")
+    print(f"{os.cpu_count()} CPUs, GPU: {gpu_name()}, load average at start: {load_average()}")
 
     if args.folder_only:
         folder_test(args, scan, out, predict, env)
@@ -239,11 +246,13 @@ def main() -> None:
     }
     walls: dict[str, list[float]] = {name: [] for name in commands}
     peaks: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(args.repeats):  # interleaved, so that a change of load touches every pipeline alike
+    for repeat in range(args.repeats):  # interleaved, so that a change of load touches every pipeline alike
         for name, command in commands.items():
             wall, peak, _ = timed(command, env)
             walls[name].append(wall)
             peaks[name].append(peak)
+            # each run as it ends: a benchmark stopped early (a lent GPU's time runs out) still leaves its figures
+            print(f"run {repeat + 1}: {name}: {wall:.2f} s, {peak:.0f} MB", flush=True)
     floor = statistics.median(walls['python -c "import monai"'])
     print(f"\nwhole commands, {args.repeats} runs each, median (min-max); load average now {load_average()}")
     print("| command | wall s | wall s less `import monai` | peak MB |")
