@@ -80,6 +80,7 @@ def _predict(args: argparse.Namespace) -> None:
         lung_mask=args.lung_mask,
         flip_tta=args.flip_tta,
         min_depth_ratio=args.min_depth_ratio,
+        min_slice_mm=args.min_slice_mm,
         save_probabilities=args.probabilities,
         report=not args.no_report,
         html=not args.no_html,
@@ -100,7 +101,15 @@ def _print_error(err: LungTumorError) -> None:
 def _tune(args: argparse.Namespace) -> None:
     from lung_tumor.evaluation.tune import tune_run
 
-    tune_run(args.run, args.data, fold=args.fold, cases=args.cases, overwrite=args.overwrite, all_cases=args.all)
+    tune_run(
+        args.run,
+        args.data,
+        fold=args.fold,
+        cases=args.cases,
+        overwrite=args.overwrite,
+        all_cases=args.all,
+        min_slice_mm=args.min_slice_mm,
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -247,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop lesions whose head-foot extent is under this fraction of their in-plane extent" + stored % "0",
     )
     p.add_argument(
+        "--min-slice-mm",
+        type=float,
+        default=None,
+        help="average closer slices to this spacing before the network (0: the scan's own)" + stored % "0",
+    )
+    p.add_argument(
         "--lung-mask",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -280,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--fold", type=int, default=None, help="this fold's validation cases (default: the run's)")
     which.add_argument("--cases", nargs="+", default=None, help="these case ids instead")
     which.add_argument("--all", action="store_true", help="every labelled case of --data (a validation set of its own)")
+    p.add_argument(
+        "--min-slice-mm",
+        type=float,
+        default=None,
+        help="the slice spacing the network sees, kept in the choice (default: the run's stored one, else 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_tune)
 

@@ -153,6 +153,30 @@ def prefetched(items: Sequence[T], load: Callable[[T], R]) -> Iterator[tuple[T, 
             ahead.cancel()
 
 
+def network_slice_count(slices: int, slice_mm: float, min_slice_mm: float) -> int:
+    """How many slices the network sees of a stack of ``slices`` slices ``slice_mm`` apart: as many as keep them at
+    least about ``min_slice_mm`` apart (never more than there are; 0 or a wider spacing: all of them)."""
+    if min_slice_mm <= 0 or slice_mm >= min_slice_mm:
+        return slices
+    return max(1, min(slices, round(slices * slice_mm / min_slice_mm)))
+
+
+def average_slices(stack: torch.Tensor, count: int) -> torch.Tensor:
+    """A (N, C, Z, Y, X) stack brought to ``count`` slices, each the mean of the slices it spans (area averaging,
+    as a thicker reconstruction would); ``count`` equal to Z returns the stack itself."""
+    if count == stack.shape[2]:
+        return stack
+    return torch.nn.functional.interpolate(stack, size=(count, *stack.shape[3:]), mode="area")
+
+
+def interpolate_slices(stack: torch.Tensor, count: int) -> torch.Tensor:
+    """The inverse of :func:`average_slices`: a (N, C, Z', Y, X) stack linearly interpolated along Z to ``count``
+    slices, each averaged slice's value placed at the centre of the slices it spans."""
+    if count == stack.shape[2]:
+        return stack
+    return torch.nn.functional.interpolate(stack, size=(count, *stack.shape[3:]), mode="trilinear", align_corners=False)
+
+
 def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
     """Per lesion ``1..count`` (index 0 unused): its craniocaudal extent over its widest in-plane extent, in mm of
     its bounding box; ``inf`` for a lesion that reaches the first or last axial slice, which the scan may cut."""
@@ -250,7 +274,9 @@ class Predictor:
         flip_tta: average the probabilities of the scan and its in-plane mirror images.
         min_depth_ratio: remove predicted lesions whose craniocaudal extent is less than this fraction of their
             widest in-plane extent (:func:`remove_lesions`).
-            For these five, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
+        min_slice_mm: the network sees slices at least about this far apart: closer ones are averaged along the
+            body axis first and the probabilities interpolated back (:func:`average_slices`).
+            For these six, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
             ``lung-tumor tune``), else :data:`lung_tumor.postprocessing.DEFAULT`.
         slices_per_batch: axial slices sent to the network at once (default: from the slice size,
             :func:`slices_per_batch_for`).
@@ -281,6 +307,7 @@ class Predictor:
         precision: str = "auto",
         flip_tta: bool | None = None,
         min_depth_ratio: float | None = None,
+        min_slice_mm: float | None = None,
     ) -> None:
         overrides = {
             "threshold": threshold,
@@ -288,6 +315,7 @@ class Predictor:
             "lung_mask": lung_mask,
             "flip_tta": flip_tta,
             "min_depth_ratio": min_depth_ratio,
+            "min_slice_mm": min_slice_mm,
         }
         PostProcessing().with_overrides(**overrides)  # a bad value fails before the model loads
         if precision not in PRECISIONS:
@@ -359,6 +387,8 @@ class Predictor:
         stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
         # slices as the slice cache stores them for training: (Z, Y, X)
         stack = stack.permute(0, 3, 2, 1)[None].to(self.device, torch.float32)  # (1, 1, Z, Y, X)
+        slices = stack.shape[2]
+        stack = average_slices(stack, self._network_slices(volume))
         self.inferer.slices_per_batch = self.slices_per_batch or slices_per_batch_for(*stack.shape[-2:])
         inferer = self.inferer
         if self.precision == "bfloat16":
@@ -381,8 +411,19 @@ class Predictor:
             found = ([plain / len(self.networks)] if plain is not None else []) + [
                 both / (len(self.networks) * len(flips))
             ]
-            found = [p[0].permute(0, 3, 2, 1).cpu() for p in found]  # (1, X, Y, Z)
+            found = [interpolate_slices(p, slices)[0].permute(0, 3, 2, 1).cpu() for p in found]  # (1, X, Y, Z)
         return [p.clone() for p in found]  # normal tensors: the inverse transforms may work on them in place
+
+    def _network_slices(self, volume: torch.Tensor) -> int:
+        """How many slices of the preprocessed (1, X, Y, Z) ``volume`` the network sees (``min_slice_mm``)."""
+        slices, minimum = int(volume.shape[-1]), self.postprocessing.min_slice_mm
+        if minimum <= 0:
+            return slices
+        affine = getattr(volume, "affine", None)
+        if affine is None:
+            raise ValueError("min_slice_mm needs the volume's affine: pass the MetaTensor that prepare() made")
+        slice_mm = float(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, 2]))
+        return network_slice_count(slices, slice_mm, minimum)
 
     def restore(self, prepared: PreparedVolume, probability: torch.Tensor) -> np.ndarray:
         """Probabilities of the network's grid (:meth:`probabilities` of ``prepared``) back on the input's grid."""
@@ -437,6 +478,7 @@ class Predictor:
             precision=self.precision,
             flip_tta=settings.flip_tta,
             min_depth_ratio=settings.min_depth_ratio,
+            min_slice_mm=settings.min_slice_mm,
             ensemble_members=self.member_checkpoints if self.ensemble else (),
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
@@ -534,6 +576,7 @@ def predict(
     precision: str = "auto",
     flip_tta: bool | None = None,
     min_depth_ratio: float | None = None,
+    min_slice_mm: float | None = None,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
@@ -549,8 +592,8 @@ def predict(
             (:func:`lung_tumor.models.default_model_dir`).
         input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
         output: mask file or folder (default: ``RUN/predictions/``; ``./predictions/`` with the shipped model).
-        threshold, min_lesion_mm3, lung_mask, flip_tta, min_depth_ratio: post-processing (see :class:`Predictor`);
-            ``None`` takes the run's stored choice.
+        threshold, min_lesion_mm3, lung_mask, flip_tta, min_depth_ratio, min_slice_mm: post-processing (see
+            :class:`Predictor`); ``None`` takes the run's stored choice.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
         report: write the tumour spread report (``CASE_report.json``, ``.txt`` and, with ``html``, ``.html``).
         overwrite: replace existing output files that lung-tumor did not write (never an input).
@@ -581,6 +624,7 @@ def predict(
         precision=precision,
         flip_tta=flip_tta,
         min_depth_ratio=min_depth_ratio,
+        min_slice_mm=min_slice_mm,
     )
     paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []

@@ -15,6 +15,7 @@ from typing import Any
 from lung_tumor.errors import LungTumorError
 
 FILENAME = "postprocess.json"
+MAX_SLICE_MM = 20.0  # thicker than any CT slice
 
 
 def _is_number(value: Any) -> bool:
@@ -33,6 +34,10 @@ class PostProcessing:
         min_depth_ratio: drop predicted lesions whose craniocaudal extent is less than this fraction of their
             widest in-plane extent (flat shapes along the mediastinum and chest wall are rarely tumour); a lesion
             that reaches the first or last axial slice is kept, since the scan may cut it.
+        min_slice_mm: the network sees slices at least this far apart (mm): a scan with closer slices is averaged
+            along the body axis to that spacing before the network and its probabilities are interpolated back to
+            every slice, so that the neighbour slices of 2.5D context span the depth they spanned in training;
+            0: the scan's own slices.
     """
 
     threshold: float = 0.5
@@ -40,6 +45,7 @@ class PostProcessing:
     lung_mask: bool = False
     flip_tta: bool = False
     min_depth_ratio: float = 0.0
+    min_slice_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if not _is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
@@ -48,6 +54,8 @@ class PostProcessing:
             raise LungTumorError(f"min lesion volume must be >= 0 mm3, got {self.min_lesion_mm3!r}")
         if not _is_number(self.min_depth_ratio) or self.min_depth_ratio < 0:
             raise LungTumorError(f"min depth ratio must be >= 0, got {self.min_depth_ratio!r}")
+        if not _is_number(self.min_slice_mm) or not 0 <= self.min_slice_mm <= MAX_SLICE_MM:
+            raise LungTumorError(f"min slice spacing must be in [0, {MAX_SLICE_MM:g}] mm, got {self.min_slice_mm!r}")
         for name in ("lung_mask", "flip_tta"):
             if not isinstance(getattr(self, name), bool):
                 raise LungTumorError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -62,6 +62,7 @@ def prediction_provenance(
     flip_tta: bool = False,
     ensemble_members: Sequence[str | Path] = (),
     min_depth_ratio: float = 0.0,
+    min_slice_mm: float = 0.0,
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -77,6 +78,7 @@ def prediction_provenance(
         flip_tta: whether the probabilities average the scan and its in-plane mirror images.
         ensemble_members: for an ensemble (``checkpoint`` is then its ``ensemble.json``), each member's checkpoint.
         min_depth_ratio: the flat-lesion removal setting (0: off).
+        min_slice_mm: the closest slice spacing the network saw (0: the scan's own slices).
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
@@ -92,6 +94,7 @@ def prediction_provenance(
             "lung_mask": bool(lung_mask),
             "flip_tta": bool(flip_tta),
             "min_depth_ratio": float(min_depth_ratio),
+            "min_slice_mm": float(min_slice_mm),
         },
         "input": str(source),
         "input_sha256": input_sha256(source),

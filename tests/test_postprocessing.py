@@ -10,13 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from test_geometry import make_shift_run, predict_cli, read_mask
 from test_predict_cli import LESIONS, found, four_lesions
 
 from lung_tumor.cli import main
 from lung_tumor.data.msd import write_dataset_json
 from lung_tumor.evaluation.tune import _Case, choose, score_settings
-from lung_tumor.inference import Predictor
+from lung_tumor.inference import Predictor, average_slices, interpolate_slices, network_slice_count
 from lung_tumor.postprocessing import DEFAULT, PostProcessing, load_postprocessing
 
 
@@ -52,9 +53,10 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
         "lung_mask": True,
         "flip_tta": False,
         "min_depth_ratio": 0.0,
+        "min_slice_mm": 0.0,
     }
     text = (tmp_path / "stored" / "lung_001_report.txt").read_text()
-    assert "min lesion 200 mm3, lung mask on, mirror images off, min depth ratio 0" in text
+    assert "min lesion 200 mm3, lung mask on, mirror images off, min depth ratio 0, network slices as scanned" in text
 
     predict_cli(run, source, tmp_path / "overridden", "--no-lung-mask", "--min-lesion-mm3", "0")
     mask, _ = read_mask(tmp_path / "overridden" / "lung_001.nii.gz")
@@ -77,6 +79,7 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
         ('{"settings": {"treshold": 0.4}}', "unknown setting(s) ['treshold']"),
         ('{"settings": {"lung_mask": "yes"}}', "lung_mask must be true or false"),
         ('{"settings": {"min_depth_ratio": -0.1}}', "min depth ratio must be >= 0"),
+        ('{"settings": {"min_slice_mm": 25}}', "min slice spacing must be in [0, 20] mm, got 25"),
         ("[1, 2]", "no 'settings' object"),
     ],
 )
@@ -140,7 +143,55 @@ def test_scores_count_false_lesions_and_tumour_free_scans() -> None:
         "lung_mask": False,
         "flip_tta": False,
         "min_depth_ratio": 0.0,
+        "min_slice_mm": 0.0,
     }
+
+
+def test_network_slices_are_averaged_to_the_minimum_spacing_and_interpolated_back() -> None:
+    assert network_slice_count(300, 0.625, 2.5) == 75
+    assert network_slice_count(40, 5.0, 2.5) == 40  # slices already that far apart stay as scanned
+    assert network_slice_count(12, 1.0, 0.0) == 12
+    assert network_slice_count(3, 0.5, 20.0) == 1
+    ramp = torch.arange(12, dtype=torch.float32).reshape(1, 1, 12, 1, 1).repeat(1, 1, 1, 2, 3)  # value = slice
+    coarse = average_slices(ramp, 3)
+    assert coarse.shape == (1, 1, 3, 2, 3) and coarse[0, 0, :, 1, 2].tolist() == [1.5, 5.5, 9.5]  # means of 4
+    back = interpolate_slices(coarse, 12)
+    assert back.shape == ramp.shape
+    # the line is rebuilt between the averaged slices' centres (slices 1.5 to 9.5), held flat beyond them
+    torch.testing.assert_close(back[0, 0, 2:10], ramp[0, 0, 2:10])
+    assert back[0, 0, :2, 0, 0].tolist() == [1.5, 1.5] and back[0, 0, 10:, 0, 0].tolist() == [9.5, 9.5]
+    assert average_slices(ramp, 12) is ramp and interpolate_slices(ramp, 12) is ramp
+
+
+def test_min_slice_mm_feeds_the_network_averaged_slices_and_predict_keeps_the_lesions(
+    tmp_path: Path, lesion_dataset
+) -> None:
+    _, source, lesions = lesion_dataset  # 24 slices 2.5 mm apart
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    as_scanned = Predictor(run, precision="float32")
+    averaged = Predictor(run, precision="float32", min_slice_mm=5.0)
+    seen: list[int] = []
+    averaged.network.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    volume = as_scanned.prepare(source).volume  # (1, X, Y, Z)
+    got = averaged.probabilities(volume)
+    assert sum(seen) == 12 and got.shape == volume.shape  # the network saw 12 slices; every slice comes back
+    # the same as segmenting the slices averaged in pairs along Z (not X or Y) and interpolating back along Z
+    pairs = volume.as_tensor().unflatten(3, (12, 2)).mean(4)
+    expected = interpolate_slices(as_scanned.probabilities(pairs).permute(0, 3, 2, 1)[None], 24)
+    torch.testing.assert_close(got, expected[0].permute(0, 3, 2, 1), rtol=0, atol=1e-5)
+    assert float((got - as_scanned.probabilities(volume)).abs().max()) > 0.05  # the setting changes something
+
+    predict_cli(run, source, tmp_path / "out", "--min-slice-mm", "5")
+    mask, _ = read_mask(tmp_path / "out" / "lung_001.nii.gz")
+    # the 30 HU lesions stay (the dim one at -40 HU, averaged with the lung around it, falls under this stand-in's cut)
+    assert {"bright", "wall"} <= found(mask, lesions)
+    for name in ("bright", "wall"):  # each lesion where it is along the body axis, within a slice
+        labels, _ = ndimage.label(mask)
+        marked = labels == labels[tuple(np.argwhere(lesions[name]).mean(axis=0).round().astype(int))]
+        assert abs(np.argwhere(marked)[:, 2].mean() - np.argwhere(lesions[name])[:, 2].mean()) <= 1.0
+    report = json.loads((tmp_path / "out" / "lung_001_report.json").read_text())
+    assert report["provenance"]["post_processing"]["min_slice_mm"] == 5.0
+    assert "network slices at least 5 mm apart" in (tmp_path / "out" / "lung_001_report.txt").read_text()
 
 
 def test_tune_chooses_on_the_validation_cases_and_predict_then_uses_the_choice(tmp_path: Path, lesion_dataset) -> None:
@@ -178,9 +229,18 @@ def test_tune_on_a_validation_set_of_its_own(tmp_path: Path, lesion_dataset, cap
     assert content["chosen_on"]["cases"] == ["lung_001"]
     assert content["chosen_on"]["description"] == "all 1 labelled case(s)"
     assert content["chosen_on"]["data"] == str(data)
+    assert content["settings"]["min_slice_mm"] == 0.0
     with pytest.raises(SystemExit):  # one way of naming the cases at a time
         main(["tune", "--run", str(run), "--data", str(data), "--all", "--cases", "lung_001"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+    # the slice spacing the network saw is part of every setting scored, and a later tune keeps the stored one
+    assert main(["tune", "--run", str(run), "--data", str(data), "--all", "--min-slice-mm", "5"]) == 0
+    content = json.loads((run / "postprocess.json").read_text())
+    assert {r["settings"]["min_slice_mm"] for r in content["results"]} == {5.0}
+    assert content["settings"]["min_slice_mm"] == content["baseline"]["settings"]["min_slice_mm"] == 5.0
+    assert main(["tune", "--run", str(run), "--data", str(data), "--all"]) == 0
+    assert load_postprocessing(run).min_slice_mm == 5.0
 
 
 class _LungsOf:

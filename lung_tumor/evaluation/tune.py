@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +122,11 @@ def crop_to_findings(case: _Case) -> _Case:
     )
 
 
-def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
+def score_grid(cases: Sequence[_Case], min_slice_mm: float = 0.0) -> list[dict[str, Any]]:
     """:func:`score_settings` of every combination of the grid, in its order, at the cost of one labelling per case,
     mirror setting and threshold: a minimum volume and the lung mask keep or drop whole lesions, each judged alone,
     so their effect follows from per-lesion figures (volume, voxels on the truth, true lesions touched, near lung).
+    ``min_slice_mm`` is the slice spacing the cases' probabilities were computed at, recorded in every setting.
     """
     from lung_tumor.inference import lesion_depth_ratios, near_lung_flags
 
@@ -165,7 +166,12 @@ def score_grid(cases: Sequence[_Case]) -> list[dict[str, Any]]:
         detected, true, false = (int(v) for v in counts[setting])
         threshold, minimum, lung, tta, ratio = setting
         settings = PostProcessing(
-            threshold=threshold, min_lesion_mm3=minimum, lung_mask=lung, flip_tta=tta, min_depth_ratio=ratio
+            threshold=threshold,
+            min_lesion_mm3=minimum,
+            lung_mask=lung,
+            flip_tta=tta,
+            min_depth_ratio=ratio,
+            min_slice_mm=min_slice_mm,
         )
         results.append(
             {
@@ -206,6 +212,7 @@ def tune_run(
     cases: Sequence[str] | None = None,
     overwrite: bool = False,
     all_cases: bool = False,
+    min_slice_mm: float | None = None,
 ) -> dict[str, Any]:
     """Choose the run's post-processing on validation cases and write ``RUN/postprocess.json``.
 
@@ -216,6 +223,8 @@ def tune_run(
         cases: score these case ids instead.
         overwrite: replace a ``postprocess.json`` that lung-tumor did not write.
         all_cases: score every labelled case of ``data`` (a validation set of its own, not a training fold).
+        min_slice_mm: the slice spacing the network sees (:class:`~lung_tumor.postprocessing.PostProcessing`),
+            kept in the choice; ``None``: the run's stored one, else 0 (the scans' own slices).
 
     Returns:
         The content written: ``settings`` (the choice), ``chosen`` and ``baseline`` (the default settings)
@@ -234,7 +243,8 @@ def tune_run(
     plan.check()
     log.info("tuning post-processing of %s on %s from %s", run, description, data)
 
-    predictor = Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False)
+    predictor = Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False, min_slice_mm=min_slice_mm)
+    slice_mm = predictor.postprocessing.min_slice_mm
     scored: list[_Case] = []
     for case in tqdm(chosen_cases, desc="tune", unit="case"):
         prepared = predictor.prepare(case.image)
@@ -254,9 +264,10 @@ def tune_run(
         )
         scored.append(crop_to_findings(whole))
         del both, prepared, image_hu
-    results = score_grid(scored)
+    results = score_grid(scored, min_slice_mm=slice_mm)
     best = choose(results)
-    baseline = next(r for r in results if r["settings"] == DEFAULT.as_dict())  # the defaults are in the grid
+    default = replace(DEFAULT, min_slice_mm=slice_mm).as_dict()  # the defaults, at the slice spacing scored
+    baseline = next(r for r in results if r["settings"] == default)  # they are in the grid
     content = {
         "generator": marker("tune"),
         "settings": best["settings"],
