@@ -19,7 +19,7 @@ from lung_tumor.cli import main
 from lung_tumor.config import config_hash
 from lung_tumor.data.synth import synthesize_case
 from lung_tumor.models import DEFAULT_MODEL
-from lung_tumor.postprocessing import load_postprocessing
+from lung_tumor.postprocessing import PostProcessing, load_postprocessing
 from lung_tumor.training.run import load_trained_model
 
 MAX_WEIGHTS_MB = 20
@@ -41,7 +41,9 @@ def test_shipped_model_is_complete_small_and_documented() -> None:
         )
         assert config.get("stream")["enabled"] is True  # trained on the synthetic stream
     tuned = json.loads((DEFAULT_MODEL / "postprocess.json").read_text())  # chosen by lung-tumor tune, for the pair
-    assert load_postprocessing(DEFAULT_MODEL).as_dict() == tuned["settings"] and tuned["chosen_on"]["cases"]
+    # written before min_slice_mm existed: a setting the file lacks keeps its default (0, the scan's own slices)
+    assert load_postprocessing(DEFAULT_MODEL) == PostProcessing(**tuned["settings"]) and tuned["chosen_on"]["cases"]
+    assert load_postprocessing(DEFAULT_MODEL).min_slice_mm == 0.0
     # the first member alone is the model shipped before the pair, with its own post-processing
     assert load_postprocessing(members[0]).as_dict() == {
         "threshold": 0.4,
@@ -49,6 +51,7 @@ def test_shipped_model_is_complete_small_and_documented() -> None:
         "lung_mask": False,
         "flip_tta": True,
         "min_depth_ratio": 0.5,
+        "min_slice_mm": 0.0,
     }
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
     for needed in (
