@@ -12,6 +12,7 @@ a model fails without looking into the held-out set.
     python scripts/bench_generalisation.py                        # the shipped model
     python scripts/bench_generalisation.py --run runs/demo/runs/unet2d/fold_0 --out bench.json
     python scripts/bench_generalisation.py --data runs/pretrained/validation_full --cases 16 --seed 5555
+    python scripts/bench_generalisation.py --min-slice-mm 2.5    # the network at another slice spacing
 
 Targets (issue 8): mean per-case Dice >= 0.80, sensitivity >= 0.90 for lesions >= 5 mm, <= 0.5 false lesions per
 scan; LIDC nodule Dice >= 0.6 and no false lesion in the tumour-free thorax.
@@ -144,6 +145,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7777)
     parser.add_argument("--real-ct", type=Path, default=REAL_CT)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--min-slice-mm", type=float, default=None, help="the slice spacing the network sees (default: the model's)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -152,7 +156,7 @@ def main() -> None:
             args.data, cases=args.cases, size="full", seed=args.seed, variety="varied", acquisition="varied"
         )
     run = args.run or default_model_dir()
-    predictor = Predictor(run)
+    predictor = Predictor(run, min_slice_mm=args.min_slice_mm)
     print(f"model: {run}  post-processing: {predictor.postprocessing.as_dict()}")
     started = time.monotonic()
     truth_file = args.data / "synth_truth.json"
