@@ -155,10 +155,10 @@ def prefetched(items: Sequence[T], load: Callable[[T], R]) -> Iterator[tuple[T, 
 
 def network_slice_count(slices: int, slice_mm: float, min_slice_mm: float) -> int:
     """How many slices the network sees of a stack of ``slices`` slices ``slice_mm`` apart: as many as keep them at
-    least about ``min_slice_mm`` apart (never more than there are; 0 or a wider spacing: all of them)."""
+    least about ``min_slice_mm`` apart (at least one; 0 or a wider spacing: all of them)."""
     if min_slice_mm <= 0 or slice_mm >= min_slice_mm:
         return slices
-    return max(1, min(slices, round(slices * slice_mm / min_slice_mm)))
+    return max(1, round(slices * slice_mm / min_slice_mm))  # fewer than ``slices``: the ratio is under 1
 
 
 def average_slices(stack: torch.Tensor, count: int) -> torch.Tensor:
@@ -422,8 +422,7 @@ class Predictor:
         affine = getattr(volume, "affine", None)
         if affine is None:
             raise ValueError("min_slice_mm needs the volume's affine: pass the MetaTensor that prepare() made")
-        slice_mm = float(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, 2]))
-        return network_slice_count(slices, slice_mm, minimum)
+        return network_slice_count(slices, voxel_spacing(affine)[2], minimum)
 
     def restore(self, prepared: PreparedVolume, probability: torch.Tensor) -> np.ndarray:
         """Probabilities of the network's grid (:meth:`probabilities` of ``prepared``) back on the input's grid."""

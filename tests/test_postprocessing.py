@@ -185,8 +185,8 @@ def test_min_slice_mm_feeds_the_network_averaged_slices_and_predict_keeps_the_le
     mask, _ = read_mask(tmp_path / "out" / "lung_001.nii.gz")
     # the 30 HU lesions stay (the dim one at -40 HU, averaged with the lung around it, falls under this stand-in's cut)
     assert {"bright", "wall"} <= found(mask, lesions)
+    labels, _ = ndimage.label(mask)
     for name in ("bright", "wall"):  # each lesion where it is along the body axis, within a slice
-        labels, _ = ndimage.label(mask)
         marked = labels == labels[tuple(np.argwhere(lesions[name]).mean(axis=0).round().astype(int))]
         assert abs(np.argwhere(marked)[:, 2].mean() - np.argwhere(lesions[name])[:, 2].mean()) <= 1.0
     report = json.loads((tmp_path / "out" / "lung_001_report.json").read_text())
