@@ -92,6 +92,14 @@ def patch(hu: np.ndarray, probability: np.ndarray, affine: np.ndarray, centre: n
     return np.stack([ct, cube(probability, affine, centre, 0.0, **moves)]).astype(np.float16)
 
 
+def save_npz(target: Path, **arrays) -> None:
+    """``np.savez`` to ``target`` through a partial file, so that an interrupted step leaves no file it would skip."""
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("wb") as stream:
+        np.savez(stream, **arrays)
+    partial.rename(target)
+
+
 def read_case(case, probabilities: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     image = nib.load(case.image)
     hu = np.asarray(image.dataobj, dtype=np.float32)
@@ -144,7 +152,8 @@ def training_patches(data: Path, probabilities: Path, out: Path, low: float, see
                 turn = Rotation.from_euler("zyx", angles, degrees=True).as_matrix()
                 cubes.append(patch(hu, probability, affine, np.array(centre), turn=turn, shift_mm=rng.normal(0, 2, 3)))
                 classes.append(1)
-        np.savez(target, x=np.stack(cubes), y=np.array(classes, np.uint8))
+        empty = np.zeros((0, 2, PATCH, PATCH, PATCH), np.float16)
+        save_npz(target, x=np.stack(cubes) if cubes else empty, y=np.array(classes, np.uint8))
         print(f"patches {case.case_id}: {len(found)} candidates, {count} lesions, {sum(classes)} positive", flush=True)
 
 
@@ -185,7 +194,7 @@ def validation_table(data: Path, probabilities: Path, out: Path, low: float) -> 
             "kept_touches": [int(t in set(np.unique(lesions[kept]).tolist())) for t in range(1, count + 1)],
             "diameters_mm": [float(d) for d in diameters],
         }
-        np.savez(
+        save_npz(
             target,
             x=np.stack(cubes) if cubes else np.zeros((0, 2, PATCH, PATCH, PATCH), np.float16),
             rows=np.array(rows, np.int64).reshape(len(rows), 2 + count),
