@@ -13,7 +13,8 @@ there, so an interrupted run goes on where it stopped:
    candidate the stored post-processing does not keep, with its voxel counts;
 3. train: the classifier, on balanced batches (flips and in-plane turns), a fixed number of epochs;
 4. score: on the validation scans, the stored mask alone and with the candidates whose score passes each threshold
-   of a grid: mean per-case Dice over the tumour scans, lesions of 5 mm or more touched, false lesions per scan.
+   of a grid: mean per-case Dice over the tumour scans, lesions of 5 mm or more touched, false lesions per scan (a
+   minimum score of 0 adds every candidate: the lesions any classifier of them could reach).
 
     lung-tumor synth --out runs/candidates/train --cases 60 --test-cases 0 --size full --seed 4646 \\
         --variety varied --acquisition varied --workers 2
@@ -46,7 +47,7 @@ from lung_tumor.postprocessing import load_postprocessing
 PATCH = 32  # voxels per side of the cube
 PATCH_MM = 1.25  # its voxel size: a 40 mm cube in world axes
 HU_RANGE = (-1000.0, 400.0)
-SCORE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+SCORE_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 
 
 def candidates(probability: np.ndarray, low: float) -> tuple[np.ndarray, list[tuple[int, np.ndarray, float, int]]]:
