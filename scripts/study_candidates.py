@@ -41,8 +41,11 @@ from scipy.spatial.transform import Rotation
 from lung_tumor.data.msd import list_cases
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.inference import Predictor, clean_mask
+from lung_tumor.io import write_atomic
+from lung_tumor.measurements import voxel_spacing
 from lung_tumor.models import default_model_dir
 from lung_tumor.postprocessing import load_postprocessing
+from lung_tumor.transforms.tumour_insertion import equivalent_diameter_mm
 
 PATCH = 32  # voxels per side of the cube
 PATCH_MM = 1.25  # its voxel size: a 40 mm cube in world axes
@@ -94,11 +97,21 @@ def patch(hu: np.ndarray, probability: np.ndarray, affine: np.ndarray, centre: n
 
 
 def save_npz(target: Path, **arrays) -> None:
-    """``np.savez`` to ``target`` through a partial file, so that an interrupted step leaves no file it would skip."""
-    partial = target.with_name(target.name + ".partial")
-    with partial.open("wb") as stream:
-        np.savez(stream, **arrays)
-    partial.rename(target)
+    """``np.savez`` to ``target`` atomically, so that an interrupted step leaves no file it would skip."""
+    write_atomic(target, lambda stream: np.savez(stream, **arrays), mode="wb")
+
+
+def stack_cubes(cubes: list[np.ndarray]) -> np.ndarray:
+    """The cubes as one (N, 2, PATCH^3) array, N possibly 0."""
+    return np.stack(cubes) if cubes else np.zeros((0, 2, PATCH, PATCH, PATCH), np.float16)
+
+
+def true_lesions(truth: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """The true lesions' labels, count, and equivalent diameters in mm (lesion ``i`` at index ``i - 1``)."""
+    lesions, count = label_lesions(truth)
+    voxels = np.bincount(lesions.ravel(), minlength=count + 1)[1:]
+    spacing = np.array(voxel_spacing(affine))
+    return lesions, count, np.array([equivalent_diameter_mm(int(v), spacing) for v in voxels])
 
 
 def read_case(case, probabilities: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -119,9 +132,7 @@ def write_probabilities(data: Path, out: Path, mirrored: bool) -> None:
         start = time.perf_counter()
         prepared = predictor.prepare(case.image)
         probability = predictor.restore(prepared, predictor.probabilities(prepared.volume)).astype(np.float16)
-        partial = target.with_suffix(".partial.npy")
-        np.save(partial, probability)
-        partial.rename(target)
+        write_atomic(target, lambda stream, p=probability: np.save(stream, p), mode="wb")
         print(f"probabilities {case.case_id}: {probability.shape}, {time.perf_counter() - start:.1f} s", flush=True)
 
 
@@ -133,7 +144,6 @@ def training_patches(data: Path, probabilities: Path, out: Path, low: float, see
             continue
         rng = np.random.default_rng(seed + number)
         hu, truth, probability, affine = read_case(case, probabilities)
-        voxel_mm3 = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0))))
         labels, found = candidates(probability, low)
         touching = set(np.unique(labels[(labels > 0) & truth]).tolist())
         cubes, classes = [], []
@@ -144,17 +154,18 @@ def training_patches(data: Path, probabilities: Path, out: Path, low: float, see
                 shift = rng.normal(0, 1.5, 3) if copy else None
                 cubes.append(patch(hu, probability, affine, centre, turn=turn, shift_mm=shift))
                 classes.append(int(true))
-        lesions, count = label_lesions(truth)
-        for index, centre in enumerate(ndimage.center_of_mass(truth, lesions, range(1, count + 1)), start=1):
-            if np.cbrt(6 * np.count_nonzero(lesions == index) * voxel_mm3 / math.pi) < 3:
+        lesions, count, diameters = true_lesions(truth, affine)
+        for centre, diameter in zip(
+            ndimage.center_of_mass(truth, lesions, range(1, count + 1)), diameters, strict=True
+        ):
+            if diameter < 3:
                 continue
             for _ in range(6):
                 angles = [rng.uniform(0, 360), rng.normal(0, 10), rng.normal(0, 10)]
                 turn = Rotation.from_euler("zyx", angles, degrees=True).as_matrix()
                 cubes.append(patch(hu, probability, affine, np.array(centre), turn=turn, shift_mm=rng.normal(0, 2, 3)))
                 classes.append(1)
-        empty = np.zeros((0, 2, PATCH, PATCH, PATCH), np.float16)
-        save_npz(target, x=np.stack(cubes) if cubes else empty, y=np.array(classes, np.uint8))
+        save_npz(target, x=stack_cubes(cubes), y=np.array(classes, np.uint8))
         print(f"patches {case.case_id}: {len(found)} candidates, {count} lesions, {sum(classes)} positive", flush=True)
 
 
@@ -168,9 +179,7 @@ def validation_table(data: Path, probabilities: Path, out: Path, low: float) -> 
         if target.exists():
             continue
         hu, truth, probability, affine = read_case(case, probabilities)
-        voxel_mm3 = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0))))
-        lesions, count = label_lesions(truth)
-        diameters = [np.cbrt(6 * np.count_nonzero(lesions == i) * voxel_mm3 / math.pi) for i in range(1, count + 1)]
+        lesions, count, diameters = true_lesions(truth, affine)
         kept = clean_mask((probability > settings.threshold).astype(np.uint8), settings, affine, None) > 0
         kept_labels, kept_count = label_lesions(kept)
         true_kept = len(set(np.unique(kept_labels[kept & truth]).tolist()) - {0})
@@ -187,17 +196,18 @@ def validation_table(data: Path, probabilities: Path, out: Path, low: float) -> 
             on_truth = int(np.count_nonzero(truth[box] & component))
             rows.append([size, on_truth] + [int(t in touched) for t in range(1, count + 1)])
             cubes.append(patch(hu, probability, affine, centre))
+        touched_by_kept = set(np.unique(lesions[kept]).tolist())
         summary = {
             "truth": int(truth.sum()),
             "kept": int(kept.sum()),
             "kept_on_truth": int((kept & truth).sum()),
             "kept_false": kept_count - true_kept,
-            "kept_touches": [int(t in set(np.unique(lesions[kept]).tolist())) for t in range(1, count + 1)],
+            "kept_touches": [int(t in touched_by_kept) for t in range(1, count + 1)],
             "diameters_mm": [float(d) for d in diameters],
         }
         save_npz(
             target,
-            x=np.stack(cubes) if cubes else np.zeros((0, 2, PATCH, PATCH, PATCH), np.float16),
+            x=stack_cubes(cubes),
             rows=np.array(rows, np.int64).reshape(len(rows), 2 + count),
             summary=json.dumps(summary),
         )
@@ -221,7 +231,8 @@ def train(patches: Path, out: Path, epochs: int, seed: int) -> None:
         return
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    files = [np.load(path) for path in sorted(patches.glob("*.npz"))]
+    # "[!.]": not a hidden temporary file of write_atomic
+    files = [np.load(path) for path in sorted(patches.glob("[!.]*.npz"))]
     x = torch.from_numpy(np.concatenate([f["x"] for f in files]))
     y = torch.from_numpy(np.concatenate([f["y"] for f in files])).float()
     positive, negative = torch.where(y == 1)[0], torch.where(y == 0)[0]
@@ -258,9 +269,7 @@ def train(patches: Path, out: Path, epochs: int, seed: int) -> None:
             f"train epoch {epoch + 1}/{epochs}: loss {total / steps:.4f}, {time.perf_counter() - start:.0f} s",
             flush=True,
         )
-    partial = out.with_suffix(".partial")
-    torch.save(network.state_dict(), partial)
-    partial.rename(out)
+    write_atomic(out, lambda stream: torch.save(network.state_dict(), stream), mode="wb")
 
 
 def score(table: Path, weights: Path) -> dict:
@@ -268,7 +277,7 @@ def score(table: Path, weights: Path) -> dict:
     network.load_state_dict(torch.load(weights, weights_only=True))
     network.eval()
     scans = []
-    for path in sorted(table.glob("*.npz")):
+    for path in sorted(table.glob("[!.]*.npz")):
         stored = np.load(path)
         with torch.inference_mode():
             cubes = torch.from_numpy(stored["x"])
