@@ -81,6 +81,9 @@ def _predict(args: argparse.Namespace) -> None:
         flip_tta=args.flip_tta,
         min_depth_ratio=args.min_depth_ratio,
         min_slice_mm=args.min_slice_mm,
+        second_look_mm=args.second_look_mm,
+        second_look_threshold=args.second_look_threshold,
+        second_look_support=args.second_look_support,
         save_probabilities=args.probabilities,
         report=not args.no_report,
         html=not args.no_html,
@@ -260,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="average closer slices to this spacing before the network (0: the scan's own)" + stored % "0",
+    )
+    p.add_argument(
+        "--second-look-mm",
+        type=float,
+        default=None,
+        help="a second network pass at this finer pixel size; its lesions that the first pass vouches for are "
+        "added (0: none)" + stored % "0",
+    )
+    p.add_argument(
+        "--second-look-threshold",
+        type=float,
+        default=None,
+        help="the second pass's probability cut" + stored % "0.7",
+    )
+    p.add_argument(
+        "--second-look-support",
+        type=float,
+        default=None,
+        help="the first pass's probability a second-look lesion must reach inside it" + stored % "0.5",
     )
     p.add_argument(
         "--lung-mask",

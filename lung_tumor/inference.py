@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -276,7 +276,9 @@ class Predictor:
             widest in-plane extent (:func:`remove_lesions`).
         min_slice_mm: the network sees slices at least about this far apart: closer ones are averaged along the
             body axis first and the probabilities interpolated back (:func:`average_slices`).
-            For these six, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
+        second_look_mm, second_look_threshold, second_look_support: a second pass on a finer grid whose lesions
+            the first pass vouches for (:class:`~lung_tumor.postprocessing.PostProcessing`; 0 mm: none).
+            For these nine, ``None`` takes the run's stored choice (``RUN/postprocess.json``, written by
             ``lung-tumor tune``), else :data:`lung_tumor.postprocessing.DEFAULT`.
         slices_per_batch: axial slices sent to the network at once (default: from the slice size,
             :func:`slices_per_batch_for`).
@@ -308,6 +310,9 @@ class Predictor:
         flip_tta: bool | None = None,
         min_depth_ratio: float | None = None,
         min_slice_mm: float | None = None,
+        second_look_mm: float | None = None,
+        second_look_threshold: float | None = None,
+        second_look_support: float | None = None,
     ) -> None:
         overrides = {
             "threshold": threshold,
@@ -316,6 +321,9 @@ class Predictor:
             "flip_tta": flip_tta,
             "min_depth_ratio": min_depth_ratio,
             "min_slice_mm": min_slice_mm,
+            "second_look_mm": second_look_mm,
+            "second_look_threshold": second_look_threshold,
+            "second_look_support": second_look_support,
         }
         PostProcessing().with_overrides(**overrides)  # a bad value fails before the model loads
         if precision not in PRECISIONS:
@@ -431,6 +439,39 @@ class Predictor:
         restored = prepared.transforms.inverse({"image": on_grid})["image"]
         return np.asarray(restored[0].numpy(), dtype=np.float32)
 
+    def second_look_preprocess(self) -> PreprocessConfig:
+        """The run's preprocessing on the grid of ``second_look_mm``, over the same field of view."""
+        fine = self.postprocessing.second_look_mm
+        size = max(16, round(self.preprocess.image_size * self.preprocess.pixel_mm / fine))
+        return replace(self.preprocess, pixel_mm=fine, image_size=size)
+
+    def second_look(
+        self, prepared: PreparedVolume, probability_map: np.ndarray, affine: np.ndarray, thorax: ThoraxMasks | None
+    ) -> np.ndarray:
+        """The lesions of the second pass (:class:`~lung_tumor.postprocessing.PostProcessing`, ``second_look_mm``)
+        that the first pass's ``probability_map`` vouches for, as a mask on the input grid."""
+        settings = self.postprocessing
+        start = time.perf_counter()
+        transforms = preprocess_transforms(self.second_look_preprocess(), keys=("image",), crop=False)
+        volume = apply_transforms(transforms, {"image": prepared.image})["image"]
+        fine = PreparedVolume(prepared.source, prepared.image, volume, transforms)
+        fine_map = self.restore(fine, self._probabilities(volume, mirrored=False)[0])
+        found = clean_mask((fine_map > settings.second_look_threshold).astype(np.uint8), settings, affine, thorax)
+        labels, count = label_in_bounding_box(found)
+        vouched = np.zeros(count + 1, dtype=bool)
+        if count:
+            peaks = ndimage.maximum(probability_map, labels, np.arange(1, count + 1))
+            vouched[1:] = np.asarray(peaks) >= settings.second_look_support
+        log.debug(
+            "%s: second look at %g mm, %.2f s: %d of %d lesion(s) vouched for",
+            prepared.source.name,
+            settings.second_look_mm,
+            time.perf_counter() - start,
+            int(vouched.sum()),
+            count,
+        )
+        return vouched[labels].astype(np.uint8)
+
     def prepare(self, path: str | Path) -> PreparedVolume:
         """Read one NIfTI file or DICOM series folder and preprocess it as the run was trained.
 
@@ -467,6 +508,8 @@ class Predictor:
         settings = self.postprocessing
         thorax = thorax_masks(image_hu, affine) if settings.lung_mask else None
         mask = clean_mask((probability_map > settings.threshold).astype(np.uint8), settings, affine, thorax)
+        if settings.second_look_mm > 0:
+            mask |= self.second_look(prepared, probability_map, affine, thorax)
         provenance = prediction_provenance(
             path,
             self.run_dir,
@@ -479,6 +522,11 @@ class Predictor:
             min_depth_ratio=settings.min_depth_ratio,
             min_slice_mm=settings.min_slice_mm,
             ensemble_members=self.member_checkpoints if self.ensemble else (),
+            second_look={
+                "second_look_mm": settings.second_look_mm,
+                "second_look_threshold": settings.second_look_threshold,
+                "second_look_support": settings.second_look_support,
+            },
         )
         return Prediction(mask, probability_map, affine, spacing, image_hu, path, thorax, provenance)  # type: ignore[arg-type]
 
@@ -576,6 +624,9 @@ def predict(
     flip_tta: bool | None = None,
     min_depth_ratio: float | None = None,
     min_slice_mm: float | None = None,
+    second_look_mm: float | None = None,
+    second_look_threshold: float | None = None,
+    second_look_support: float | None = None,
 ) -> list[dict[str, Path]]:
     """``lung-tumor predict``: masks (uint8 NIfTI on the input's grid) and tumour spread reports.
 
@@ -591,8 +642,9 @@ def predict(
             (:func:`lung_tumor.models.default_model_dir`).
         input: a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
         output: mask file or folder (default: ``RUN/predictions/``; ``./predictions/`` with the shipped model).
-        threshold, min_lesion_mm3, lung_mask, flip_tta, min_depth_ratio, min_slice_mm: post-processing (see
-            :class:`Predictor`); ``None`` takes the run's stored choice.
+        threshold, min_lesion_mm3, lung_mask, flip_tta, min_depth_ratio, min_slice_mm, second_look_mm,
+            second_look_threshold, second_look_support: post-processing (see :class:`Predictor`); ``None`` takes the
+            run's stored choice.
         save_probabilities: also write the probability map (``CASE_probability.nii.gz``).
         report: write the tumour spread report (``CASE_report.json``, ``.txt`` and, with ``html``, ``.html``).
         overwrite: replace existing output files that lung-tumor did not write (never an input).
@@ -624,6 +676,9 @@ def predict(
         flip_tta=flip_tta,
         min_depth_ratio=min_depth_ratio,
         min_slice_mm=min_slice_mm,
+        second_look_mm=second_look_mm,
+        second_look_threshold=second_look_threshold,
+        second_look_support=second_look_support,
     )
     paths_of = dict(zip(sources, planned, strict=True))
     written, failed = [], []

@@ -16,6 +16,7 @@ from lung_tumor.errors import LungTumorError
 
 FILENAME = "postprocess.json"
 MAX_SLICE_MM = 20.0  # thicker than any CT slice
+MIN_PIXEL_MM, MAX_PIXEL_MM = 0.1, 10.0  # the pixel sizes a preprocessing config accepts
 
 
 def _is_number(value: Any) -> bool:
@@ -38,6 +39,13 @@ class PostProcessing:
             along the body axis to that spacing before the network and its probabilities are interpolated back to
             every slice, so that the neighbour slices of 2.5D context span the depth they spanned in training;
             0: the scan's own slices.
+        second_look_mm: a second pass of the network over the same field on a finer in-plane grid of this pixel size
+            (0: none), without mirror images. A small nodule there spans as many pixels as the larger tumours the
+            network learned from; each lesion of that pass (above ``second_look_threshold``, then the size, depth
+            and lung rules above) is added to the mask where the first pass's probability inside it reaches
+            ``second_look_support``, so the first pass vouches for what the finer one finds.
+        second_look_threshold: the second pass's probability cut.
+        second_look_support: the first pass's highest probability a second-look lesion must hold.
     """
 
     threshold: float = 0.5
@@ -46,6 +54,9 @@ class PostProcessing:
     flip_tta: bool = False
     min_depth_ratio: float = 0.0
     min_slice_mm: float = 0.0
+    second_look_mm: float = 0.0
+    second_look_threshold: float = 0.7
+    second_look_support: float = 0.5
 
     def __post_init__(self) -> None:
         if not _is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
@@ -56,6 +67,17 @@ class PostProcessing:
             raise LungTumorError(f"min depth ratio must be >= 0, got {self.min_depth_ratio!r}")
         if not _is_number(self.min_slice_mm) or not 0 <= self.min_slice_mm <= MAX_SLICE_MM:
             raise LungTumorError(f"min slice spacing must be in [0, {MAX_SLICE_MM:g}] mm, got {self.min_slice_mm!r}")
+        if not _is_number(self.second_look_mm) or not (
+            self.second_look_mm == 0 or MIN_PIXEL_MM <= self.second_look_mm <= MAX_PIXEL_MM
+        ):
+            raise LungTumorError(
+                f"second look pixel size must be 0 (off) or in [{MIN_PIXEL_MM:g}, {MAX_PIXEL_MM:g}] mm, "
+                f"got {self.second_look_mm!r}"
+            )
+        if not _is_number(self.second_look_threshold) or not 0.0 < self.second_look_threshold < 1.0:
+            raise LungTumorError(f"second look threshold must be in (0, 1), got {self.second_look_threshold!r}")
+        if not _is_number(self.second_look_support) or not 0.0 <= self.second_look_support <= 1.0:
+            raise LungTumorError(f"second look support must be in [0, 1], got {self.second_look_support!r}")
         for name in ("lung_mask", "flip_tta"):
             if not isinstance(getattr(self, name), bool):
                 raise LungTumorError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -63,6 +63,7 @@ def prediction_provenance(
     ensemble_members: Sequence[str | Path] = (),
     min_depth_ratio: float = 0.0,
     min_slice_mm: float = 0.0,
+    second_look: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The provenance block of a prediction's report.
 
@@ -79,6 +80,8 @@ def prediction_provenance(
         ensemble_members: for an ensemble (``checkpoint`` is then its ``ensemble.json``), each member's checkpoint.
         min_depth_ratio: the flat-lesion removal setting (0: off).
         min_slice_mm: the closest slice spacing the network saw (0: the scan's own slices).
+        second_look: the second pass's ``second_look_mm``, ``second_look_threshold`` and ``second_look_support``
+            (recorded where ``second_look_mm`` is not 0; none: no second pass).
     """
     if series_instance_uid is None and Path(source).is_dir():
         series_instance_uid = dicom_series_uid(source)
@@ -95,6 +98,7 @@ def prediction_provenance(
             "flip_tta": bool(flip_tta),
             "min_depth_ratio": float(min_depth_ratio),
             "min_slice_mm": float(min_slice_mm),
+            "second_look_mm": 0.0,
         },
         "input": str(source),
         "input_sha256": input_sha256(source),
@@ -102,6 +106,8 @@ def prediction_provenance(
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
     }
+    if second_look and second_look.get("second_look_mm"):
+        provenance["post_processing"].update({name: float(value) for name, value in second_look.items()})
     if ensemble_members:
         provenance["ensemble_members"] = [str(Path(path).resolve()) for path in ensemble_members]
     return provenance

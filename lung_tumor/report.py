@@ -56,7 +56,7 @@ BODY_MIN_HU = -500.0  # soft tissue and bone are above, air and lung parenchyma 
 AIR_MAX_HU = -400.0  # "air-like" for the lung mask (lung parenchyma is about -900..-500)
 CONTACT_DILATION_VOXELS = 2
 MIN_CONTACT_VOXELS = 3
-SCHEMA_VERSION = "2.5"
+SCHEMA_VERSION = "2.6"
 
 CONVENTIONS = {
     "schema_version": f"{SCHEMA_VERSION}: fields, units and conventions in docs/report_schema.md",
@@ -537,7 +537,13 @@ def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
         f"lung mask {'on' if settings['lung_mask'] else 'off'}, "
         f"mirror images {'on' if settings.get('flip_tta') else 'off'}, "
         f"min depth ratio {settings.get('min_depth_ratio', 0.0):g}, network slices "
-        + (f"at least {settings['min_slice_mm']:g} mm apart" if settings.get("min_slice_mm") else "as scanned"),
+        + (f"at least {settings['min_slice_mm']:g} mm apart" if settings.get("min_slice_mm") else "as scanned")
+        + (
+            f", second look at {settings['second_look_mm']:g} mm (cut {settings['second_look_threshold']:g}, "
+            f"first pass at least {settings['second_look_support']:g})"
+            if settings.get("second_look_mm")
+            else ""
+        ),
         f"  input: {provenance['input']} (sha256 {provenance['input_sha256']}"
         + (f", series {provenance['series_instance_uid']}" if provenance.get("series_instance_uid") else "")
         + f"), report date {provenance['date_utc']}",

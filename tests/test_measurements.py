@@ -354,7 +354,7 @@ def test_every_report_field_is_documented_in_the_schema(tmp_path: Path) -> None:
     source = save(chest((160, 140, 24)), ORIENTATIONS["LPS"], tmp_path / "lung_007.nii.gz")
     main_predict(run, source, tmp_path / "out")
     report = json.loads((tmp_path / "out" / "lung_007_report.json").read_text())
-    assert report["schema_version"] == "2.5"
+    assert report["schema_version"] == "2.6"
     undocumented = report_keys(report) - schema_fields()
     assert not undocumented
     assert set(report["conventions"]) <= schema_fields() | {"schema_version"}
@@ -371,6 +371,7 @@ def test_every_report_field_is_documented_in_the_schema(tmp_path: Path) -> None:
         "flip_tta": False,
         "min_depth_ratio": 0.0,
         "min_slice_mm": 0.0,
+        "second_look_mm": 0.0,
     }
     assert provenance["series_instance_uid"] is None
     stamped = datetime.datetime.fromisoformat(provenance["date_utc"])

@@ -54,6 +54,7 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
         "flip_tta": False,
         "min_depth_ratio": 0.0,
         "min_slice_mm": 0.0,
+        "second_look_mm": 0.0,
     }
     text = (tmp_path / "stored" / "lung_001_report.txt").read_text()
     assert "min lesion 200 mm3, lung mask on, mirror images off, min depth ratio 0, network slices as scanned" in text
@@ -80,6 +81,8 @@ def test_stored_settings_are_the_defaults_of_predict_and_options_override_them(t
         ('{"settings": {"lung_mask": "yes"}}', "lung_mask must be true or false"),
         ('{"settings": {"min_depth_ratio": -0.1}}', "min depth ratio must be >= 0"),
         ('{"settings": {"min_slice_mm": 25}}', "min slice spacing must be in [0, 20] mm, got 25"),
+        ('{"settings": {"second_look_mm": 0.05}}', "second look pixel size must be 0 (off) or in [0.1, 10] mm"),
+        ('{"settings": {"second_look_support": 2}}', "second look support must be in [0, 1], got 2"),
         ("[1, 2]", "no 'settings' object"),
     ],
 )
@@ -144,6 +147,9 @@ def test_scores_count_false_lesions_and_tumour_free_scans() -> None:
         "flip_tta": False,
         "min_depth_ratio": 0.0,
         "min_slice_mm": 0.0,
+        "second_look_mm": 0.0,
+        "second_look_threshold": 0.7,
+        "second_look_support": 0.5,
     }
 
 

@@ -214,3 +214,27 @@ def test_real_dicom_series_and_its_nifti_through_the_cli(tmp_path: Path, real_ct
     np.testing.assert_allclose(nifti_affine, dicom_affine, atol=1e-3)
     assert from_dicom.shape == (512, 512, 16) and from_dicom.any()
     np.testing.assert_array_equal(from_dicom, from_nifti)
+
+
+@pytest.mark.parametrize(("support", "kept"), [("0.5", {"bright", "wall", "small"}), ("0.99", {"bright", "wall"})])
+def test_second_look_adds_the_small_lesion_a_finer_grid_finds_where_the_first_pass_vouches_for_it(
+    tmp_path: Path, lesion_case, support: str, kept: set[str]
+) -> None:
+    run, source, lesions = lesion_case
+    # at 2 mm pixels the small lesion's probability is blurred below 0.85 in most of it; at 0.5 mm it is not, and the
+    # first pass's peak inside it (between 0.5 and 0.99) vouches for it or not; the dim one stays under 0.85 in both
+    out = tmp_path / "out"
+    cut = ["--threshold", "0.85", "--second-look-threshold", "0.85", "--second-look-support", support]
+    predict_cli(run, source, out, *cut, "--second-look-mm", "0.5", "--probabilities")
+    mask, _ = read_mask(out / "ct.nii.gz")
+    assert found(mask, lesions) == kept
+    first = np.asarray(nib.load(out / "ct_probability.nii.gz").dataobj)  # the first pass's map is the one written
+    assert (first[lesions["small"]] > 0.85).mean() < 0.5 and 0.5 <= first[lesions["small"]].max() < 0.99
+    np.testing.assert_array_equal(mask[first > 0.85], 1)  # the first pass's mask is kept whole
+    settings = json.loads((out / "ct_report.json").read_text())["provenance"]["post_processing"]
+    assert settings["second_look_mm"] == 0.5 and settings["second_look_support"] == float(support)
+    text = (out / "ct_report.txt").read_text()
+    assert f"second look at 0.5 mm (cut 0.85, first pass at least {float(support):g})" in text
+
+    predict_cli(run, source, tmp_path / "off", *cut, "--second-look-mm", "0", "--overwrite")
+    assert found(read_mask(tmp_path / "off" / "ct.nii.gz")[0], lesions) == {"bright", "wall"}

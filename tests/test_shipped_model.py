@@ -52,6 +52,9 @@ def test_shipped_model_is_complete_small_and_documented() -> None:
         "flip_tta": True,
         "min_depth_ratio": 0.5,
         "min_slice_mm": 0.0,
+        "second_look_mm": 0.0,  # written before the second look existed: off
+        "second_look_threshold": 0.7,
+        "second_look_support": 0.5,
     }
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
     for needed in (

@@ -245,6 +245,12 @@ def tune_run(
 
     predictor = Predictor(run, threshold=0.5, min_lesion_mm3=0.0, lung_mask=False, min_slice_mm=min_slice_mm)
     slice_mm = predictor.postprocessing.min_slice_mm
+    if predictor.postprocessing.second_look_mm:
+        log.warning(
+            "tune scores the first pass alone: the stored second look (%g mm) is not in the choice it writes; "
+            "put it back with predict --second-look-mm or in the file's settings",
+            predictor.postprocessing.second_look_mm,
+        )
     scored: list[_Case] = []
     for case in tqdm(chosen_cases, desc="tune", unit="case"):
         prepared = predictor.prepare(case.image)
