@@ -20,6 +20,7 @@ from lung_tumor.inference import (
     lesion_depth_ratios,
     remove_lesions,
 )
+from lung_tumor.training.run import load_trained_model
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "real_ct"
 SOFT_TISSUE_HU = -75.0  # the test network marks every voxel brighter than this
@@ -293,16 +294,18 @@ def make_unet_run(folder: Path, context: int = 1, amp: bool = False) -> Path:
 
 
 def reference_probabilities(predictor: Predictor, volume: torch.Tensor, context: int) -> torch.Tensor:
-    """The plainest slice-by-slice inference: one slice at a time, float32, contiguous, no_grad."""
+    """The plainest slice-by-slice inference: one slice at a time, float32, contiguous, no_grad, with the network as
+    trained (its batch norms not folded into the convolutions, as the predictor's are)."""
     stack = volume.as_tensor().permute(0, 3, 2, 1)[0].float()  # (Z, Y, X)
     depth = stack.shape[0]
-    network = predictor.network.to(memory_format=torch.contiguous_format)
+    network, _ = load_trained_model(predictor.run_dir, "best", torch.device("cpu"))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.network.modules())
     slices = []
     with torch.no_grad():
         for z in range(depth):
             index = [min(max(z + offset, 0), depth - 1) for offset in range(-context, context + 1)]
             slices.append(torch.sigmoid(network(stack[index][None]))[0, 0])
-    predictor.network.to(memory_format=torch.channels_last)
     return torch.stack(slices).permute(2, 1, 0)[None]  # (1, X, Y, Z)
 
 

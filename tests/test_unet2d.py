@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lung_tumor.networks import UNet2D
+from lung_tumor.networks.folding import fold_batch_norms
 from lung_tumor.training.run import AutocastInferer, SliceStackInferer
 
 SMALL = (4, 8, 16, 32)
@@ -70,3 +71,24 @@ def test_autocast_inferer_returns_float32_close_to_full_precision():
     assert mixed.shape == full.shape and stacked.shape == (1, 1, 1, 32, 32)
     # bfloat16 keeps 8 bits of mantissa: logits agree to a few hundredths, not exactly
     assert 0 < (mixed - full).abs().max() < 0.1
+
+
+def test_folded_batch_norms_give_the_same_outputs_with_no_norm_left() -> None:
+    torch.manual_seed(0)
+    network = UNet2D(in_channels=5, features=(8, 16, 32, 64)).eval()
+    plain = torch.nn.Sequential(torch.nn.Conv2d(5, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    for norm in (m for net in (network, plain) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.normal_()  # statistics far from the identity, as training leaves them
+        norm.running_var.uniform_(0.2, 3.0)
+        norm.weight.data.normal_()
+        norm.bias.data.normal_()
+    x = torch.randn(3, 5, 40, 36)
+    for net, norms in ((network, 14), (plain, 1)):  # 7 double-conv blocks; one conv-norm pair
+        folded, count = fold_batch_norms(net)
+        assert count == norms
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == norms  # the original is untouched
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), net(x), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(network.train())
