@@ -13,6 +13,7 @@ a model fails without looking into the held-out set.
     python scripts/bench_generalisation.py --run runs/demo/runs/unet2d/fold_0 --out bench.json
     python scripts/bench_generalisation.py --data runs/pretrained/validation_full --cases 16 --seed 5555
     python scripts/bench_generalisation.py --min-slice-mm 2.5    # the network at another slice spacing
+    python scripts/bench_generalisation.py --second-look-mm 1.25 # with a second pass on a finer grid
 
 Targets (issue 8): mean per-case Dice >= 0.80, sensitivity >= 0.90 for lesions >= 5 mm, <= 0.5 false lesions per
 scan; LIDC nodule Dice >= 0.6 and no false lesion in the tumour-free thorax.
@@ -148,6 +149,9 @@ def main() -> None:
     parser.add_argument(
         "--min-slice-mm", type=float, default=None, help="the slice spacing the network sees (default: the model's)"
     )
+    parser.add_argument(
+        "--second-look-mm", type=float, default=None, help="a second pass at this pixel size (default: the model's)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -156,7 +160,7 @@ def main() -> None:
             args.data, cases=args.cases, size="full", seed=args.seed, variety="varied", acquisition="varied"
         )
     run = args.run or default_model_dir()
-    predictor = Predictor(run, min_slice_mm=args.min_slice_mm)
+    predictor = Predictor(run, min_slice_mm=args.min_slice_mm, second_look_mm=args.second_look_mm)
     print(f"model: {run}  post-processing: {predictor.postprocessing.as_dict()}")
     started = time.monotonic()
     truth_file = args.data / "synth_truth.json"
