@@ -250,39 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask file or folder (default: RUN/predictions/, or ./predictions/ with the shipped model)",
     )
     stored = " (default: the run's postprocess.json, from lung-tumor tune; else %s)"
-    p.add_argument("--threshold", type=float, default=None, help="tumour probability cut" + stored % "0.5")
-    p.add_argument("--min-lesion-mm3", type=float, default=None, help="drop lesions smaller than this" + stored % "0")
-    p.add_argument(
-        "--min-depth-ratio",
-        type=float,
-        default=None,
-        help="drop lesions whose head-foot extent is under this fraction of their in-plane extent" + stored % "0",
-    )
-    p.add_argument(
-        "--min-slice-mm",
-        type=float,
-        default=None,
-        help="average closer slices to this spacing before the network (0: the scan's own)" + stored % "0",
-    )
-    p.add_argument(
-        "--second-look-mm",
-        type=float,
-        default=None,
-        help="a second network pass at this finer pixel size; its lesions that the first pass vouches for are "
-        "added (0: none)" + stored % "0",
-    )
-    p.add_argument(
-        "--second-look-threshold",
-        type=float,
-        default=None,
-        help="the second pass's probability cut" + stored % "0.7",
-    )
-    p.add_argument(
-        "--second-look-support",
-        type=float,
-        default=None,
-        help="the first pass's probability a second-look lesion must reach inside it" + stored % "0.5",
-    )
+    for flag, meaning, default in (
+        ("--threshold", "tumour probability cut", "0.5"),
+        ("--min-lesion-mm3", "drop lesions smaller than this", "0"),
+        (
+            "--min-depth-ratio",
+            "drop lesions whose head-foot extent is under this fraction of their in-plane extent",
+            "0",
+        ),
+        ("--min-slice-mm", "average closer slices to this spacing before the network (0: the scan's own)", "0"),
+        (
+            "--second-look-mm",
+            "a second network pass at this finer pixel size; its lesions that the first pass vouches for are added "
+            "(0: none)",
+            "0",
+        ),
+        ("--second-look-threshold", "the second pass's probability cut", "0.7"),
+        ("--second-look-support", "the first pass's probability a second-look lesion must reach inside it", "0.5"),
+    ):
+        p.add_argument(flag, type=float, default=None, help=meaning + stored % default)
     p.add_argument(
         "--lung-mask",
         action=argparse.BooleanOptionalAction,
