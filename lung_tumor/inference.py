@@ -29,6 +29,7 @@ from lung_tumor.data.msd import NIFTI_SUFFIXES, case_id_from_path
 from lung_tumor.ensemble import FILENAME as ENSEMBLE_FILENAME
 from lung_tumor.ensemble import check_members_compatible, ensemble_members, is_ensemble
 from lung_tumor.errors import LungTumorError
+from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.io import save_nifti
 from lung_tumor.measurements import axial_axis, voxel_spacing
 from lung_tumor.models import default_model_dir
@@ -36,7 +37,7 @@ from lung_tumor.networks.folding import fold_batch_norms
 from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.postprocessing import PostProcessing, load_postprocessing
 from lung_tumor.provenance import prediction_provenance
-from lung_tumor.report import label_in_bounding_box, tumour_report, write_report
+from lung_tumor.report import label_in_bounding_box, mask_bounding_box, tumour_report, write_report
 from lung_tumor.thorax import ThoraxMasks, thorax_masks
 from lung_tumor.training.run import (
     AutocastInferer,
@@ -195,17 +196,23 @@ def remove_lesions(
     mask: np.ndarray, affine: np.ndarray, min_mm3: float = 0.0, min_depth_ratio: float = 0.0
 ) -> np.ndarray:
     """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres or flatter than ``min_depth_ratio``
-    (:func:`lesion_depth_ratios`), labelling the mask once for both."""
+    (:func:`lesion_depth_ratios`), labelling the mask once for both; a 0/1 mask of the same dtype.
+
+    The work is done inside the mask's bounding box grown by one voxel, where a lesion reaches the box's first or
+    last axial slice only where it reaches the scan's (a whole CT's labels cost seconds to count and gather)."""
     if min_mm3 <= 0 and min_depth_ratio <= 0:
         return mask
-    labels, count = label_in_bounding_box(mask)
-    if not count:
+    box = mask_bounding_box(mask, margin=1)
+    if box is None:
         return mask
+    labels, count = label_lesions(mask[box])
     keep = np.bincount(labels.ravel(), minlength=count + 1) * float(np.prod(voxel_spacing(affine))) >= min_mm3
     if min_depth_ratio > 0:
         keep &= lesion_depth_ratios(labels, count, affine) >= min_depth_ratio
     keep[0] = False
-    return keep[labels].astype(mask.dtype)
+    kept = np.zeros_like(mask)
+    kept[box] = keep[labels]
+    return kept
 
 
 def keep_near_lungs(
