@@ -361,6 +361,12 @@ class Predictor:
         self.precision = precision
         stored = load_postprocessing(run_dir) if None in overrides.values() else PostProcessing()
         self.postprocessing = stored.with_overrides(**overrides)
+        if self.postprocessing.second_look_mm:  # a grid too fine for the run's field fails before any scan is read
+            try:
+                self.second_look_preprocess()
+            except LungTumorError as err:
+                fine = self.postprocessing.second_look_mm
+                raise LungTumorError(f"second look at {fine:g} mm: {err}", run_dir) from None
         self.run_dir = Path(run_dir)
         self.member_checkpoints = [
             checkpoint_file(member, checkpoint, c) for member, c in zip(members, configs, strict=True)

@@ -16,6 +16,7 @@ from test_predict_cli import LESIONS, found, four_lesions
 
 from lung_tumor.cli import main
 from lung_tumor.data.msd import write_dataset_json
+from lung_tumor.errors import LungTumorError
 from lung_tumor.evaluation.tune import _Case, choose, score_settings
 from lung_tumor.inference import Predictor, average_slices, interpolate_slices, network_slice_count
 from lung_tumor.postprocessing import DEFAULT, PostProcessing, load_postprocessing
@@ -317,3 +318,10 @@ def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:
         assert score_settings([cut], settings)["false_lesions_per_scan"] == false
         assert score_settings([cut], settings)["lesion_sensitivity"] == pytest.approx(sensitivity, abs=1e-4)
     assert score_settings([healthy], PostProcessing(threshold=0.5, min_depth_ratio=0.4))["false_lesions_per_scan"] == 2
+
+
+def test_a_second_look_too_fine_for_the_field_is_refused_before_any_scan(tmp_path: Path) -> None:
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0, image_size=128)  # 128 pixels of 2 mm
+    with pytest.raises(LungTumorError, match=r"second look at 0.1 mm: .*image_size must be an integer in \[16, 2048\]"):
+        Predictor(run, second_look_mm=0.1)  # 2,560 pixels
+    assert Predictor(run, second_look_mm=0.5).second_look_preprocess().image_size == 512  # the same 256 mm field
