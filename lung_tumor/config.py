@@ -14,6 +14,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from lung_tumor.errors import LungTumorError
+from lung_tumor.postprocessing import MAX_PIXEL_MM, MIN_PIXEL_MM
 
 INTENSITY_MODES = ("window", "divide")
 THIN_VOLUME_POLICIES = ("keep", "error")
@@ -309,8 +310,10 @@ class PreprocessConfig:
             raise LungTumorError(
                 f"preprocess.thin_volume must be one of {THIN_VOLUME_POLICIES}, got {self.thin_volume!r}"
             )
-        if not isinstance(self.pixel_mm, int | float) or not 0.1 <= self.pixel_mm <= 10:
-            raise LungTumorError(f"preprocess.pixel_mm must be a number in [0.1, 10], got {self.pixel_mm!r}")
+        if not isinstance(self.pixel_mm, int | float) or not MIN_PIXEL_MM <= self.pixel_mm <= MAX_PIXEL_MM:
+            raise LungTumorError(
+                f"preprocess.pixel_mm must be a number in [{MIN_PIXEL_MM:g}, {MAX_PIXEL_MM:g}], got {self.pixel_mm!r}"
+            )
         if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 2048:
             raise LungTumorError(f"preprocess.image_size must be an integer in [16, 2048], got {self.image_size!r}")
         if self.orientation not in AXIAL_ORIENTATIONS:

@@ -192,27 +192,40 @@ def lesion_depth_ratios(labels: np.ndarray, count: int, affine: np.ndarray) -> n
     return ratios
 
 
-def remove_lesions(
-    mask: np.ndarray, affine: np.ndarray, min_mm3: float = 0.0, min_depth_ratio: float = 0.0
-) -> np.ndarray:
-    """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres or flatter than ``min_depth_ratio``
-    (:func:`lesion_depth_ratios`), labelling the mask once for both; a 0/1 mask of the same dtype.
+def keep_lesions(mask: np.ndarray, judge: Callable[[np.ndarray, int, tuple[slice, ...]], np.ndarray]) -> np.ndarray:
+    """``mask`` with only the 26-connected lesions that ``judge`` keeps, as a 0/1 mask of the same dtype.
 
-    The work is done inside the mask's bounding box grown by one voxel, where a lesion reaches the box's first or
-    last axial slice only where it reaches the scan's (a whole CT's labels cost seconds to count and gather)."""
-    if min_mm3 <= 0 and min_depth_ratio <= 0:
-        return mask
+    ``judge(labels, count, box)`` gets the lesions labelled ``1..count`` inside ``box``, the mask's bounding box grown
+    by one voxel (so a lesion reaches the box's first or last slice only where it reaches the mask's), and returns a
+    flag for each label ``0..count``. Labelling, judging and gathering inside the box instead of the whole CT saves
+    seconds on a full-size scan."""
     box = mask_bounding_box(mask, margin=1)
     if box is None:
         return mask
     labels, count = label_lesions(mask[box])
-    keep = np.bincount(labels.ravel(), minlength=count + 1) * float(np.prod(voxel_spacing(affine))) >= min_mm3
-    if min_depth_ratio > 0:
-        keep &= lesion_depth_ratios(labels, count, affine) >= min_depth_ratio
+    keep = np.array(judge(labels, count, box), dtype=bool)
     keep[0] = False
     kept = np.zeros_like(mask)
     kept[box] = keep[labels]
     return kept
+
+
+def remove_lesions(
+    mask: np.ndarray, affine: np.ndarray, min_mm3: float = 0.0, min_depth_ratio: float = 0.0
+) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_mm3`` cubic millimetres or flatter than ``min_depth_ratio``
+    (:func:`lesion_depth_ratios`), labelling the mask once for both (:func:`keep_lesions`)."""
+    if min_mm3 <= 0 and min_depth_ratio <= 0:
+        return mask
+    voxel_mm3 = float(np.prod(voxel_spacing(affine)))
+
+    def large_and_deep(labels: np.ndarray, count: int, box: tuple[slice, ...]) -> np.ndarray:
+        keep = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3 >= min_mm3
+        if min_depth_ratio > 0:
+            keep &= lesion_depth_ratios(labels, count, affine) >= min_depth_ratio
+        return keep
+
+    return keep_lesions(mask, large_and_deep)
 
 
 def keep_near_lungs(
@@ -472,20 +485,25 @@ class Predictor:
         fine = PreparedVolume(prepared.source, prepared.image, volume, transforms)
         fine_map = self.restore(fine, self._probabilities(volume, mirrored=False)[0])
         found = clean_mask((fine_map > settings.second_look_threshold).astype(np.uint8), settings, affine, thorax)
-        labels, count = label_in_bounding_box(found)
-        vouched = np.zeros(count + 1, dtype=bool)
-        if count:
-            peaks = ndimage.maximum(probability_map, labels, np.arange(1, count + 1))
-            vouched[1:] = np.asarray(peaks) >= settings.second_look_support
+        tally = {"found": 0, "vouched": 0}
+
+        def vouched_for(labels: np.ndarray, count: int, box: tuple[slice, ...]) -> np.ndarray:
+            peaks = np.zeros(count + 1)
+            peaks[1:] = ndimage.maximum(probability_map[box], labels, np.arange(1, count + 1))
+            keep = peaks >= settings.second_look_support
+            tally.update(found=count, vouched=int(keep[1:].sum()))
+            return keep
+
+        added = keep_lesions(found, vouched_for)
         log.debug(
             "%s: second look at %g mm, %.2f s: %d of %d lesion(s) vouched for",
             prepared.source.name,
             settings.second_look_mm,
             time.perf_counter() - start,
-            int(vouched.sum()),
-            count,
+            tally["vouched"],
+            tally["found"],
         )
-        return vouched[labels].astype(np.uint8)
+        return added
 
     def prepare(self, path: str | Path) -> PreparedVolume:
         """Read one NIfTI file or DICOM series folder and preprocess it as the run was trained.

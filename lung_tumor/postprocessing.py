@@ -16,7 +16,7 @@ from lung_tumor.errors import LungTumorError
 
 FILENAME = "postprocess.json"
 MAX_SLICE_MM = 20.0  # thicker than any CT slice
-MIN_PIXEL_MM, MAX_PIXEL_MM = 0.1, 10.0  # the pixel sizes a preprocessing config accepts
+MIN_PIXEL_MM, MAX_PIXEL_MM = 0.1, 10.0  # the in-plane pixel sizes a network may see (preprocessing and second look)
 
 
 def _is_number(value: Any) -> bool:
