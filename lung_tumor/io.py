@@ -140,6 +140,8 @@ def save_nifti(
     """
     import nibabel as nib
 
+    from lung_tumor.nifti_gzip import write_nifti_image
+
     image = nib.Nifti1Image(array, affine)
     image.header["descrip"] = description.encode()[:80]
     if rescale is not None:
@@ -148,5 +150,5 @@ def save_nifti(
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
-        nib.save(image, tmp)
+        write_nifti_image(image, tmp)
     return Path(path)

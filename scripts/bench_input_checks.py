@@ -1,9 +1,9 @@
 """Benchmark the shared input checks (``lung_tumor.data.checks``) against decoding the volume they check.
 
 Writes the full-size synthetic case of ``bench_preprocess.py`` (512 x 512 x 300, int16, .nii.gz) once,
-then times, median of ``--repeats``: decoding it as ``load_volume`` does (MONAI ``NibabelReader``), the
-checks ``load_volume`` adds (header, affine, intensities), and the same checks on a float32 copy (what a
-NIfTI with a scaling slope decodes to).
+then times, median of ``--repeats``: decoding it as ``load_volume`` does (MONAI's ``NibabelReader``, its voxels
+inflated by ISA-L), the checks ``load_volume`` adds (header, affine, intensities), and the same checks on a
+float32 copy (what a NIfTI with a scaling slope decodes to).
 
 Usage: python scripts/bench_input_checks.py [--work /tmp/lung_tumor_bench] [--repeats 5]
 """
@@ -38,14 +38,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench_preprocess import write_volume
-    from monai.data import NibabelReader
 
     from lung_tumor.data import checks
+    from lung_tumor.transforms.pipeline import IsalNibabelReader
 
     path = args.work / "imagesTr" / "lung_001.nii.gz"
     if not path.is_file():
         write_volume(args.work)
-    reader = NibabelReader()
+    reader = IsalNibabelReader()
     stored = reader.read(str(path))
     array, meta = reader.get_data(stored)
     array = np.asarray(array)

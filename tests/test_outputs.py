@@ -430,14 +430,14 @@ def test_only_temporaries_of_gone_writers_are_removed(tmp_path: Path) -> None:
 
 KILL_DURING_WRITE = """
 import os, signal, sys
-import nibabel
+import lung_tumor.nifti_gzip
 
 def save_then_die(image, path):
     with open(path, "wb") as handle:
         handle.write(b"half a mask")
     os.kill(os.getpid(), signal.SIGKILL)
 
-nibabel.save = save_then_die
+lung_tumor.nifti_gzip.write_nifti_image = save_then_die
 from lung_tumor.cli import main
 from lung_tumor.config import PreprocessConfig
 from lung_tumor.data.msd import write_dataset_json

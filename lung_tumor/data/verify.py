@@ -11,7 +11,6 @@ file names but not its contents, so it is never compared with the Task06_Lung ma
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -23,6 +22,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 from tqdm import tqdm
 
 from lung_tumor.data.checks import (
@@ -79,8 +79,8 @@ class VolumeInfo:
 def read_volume(path: str | Path, with_sha256: bool = False) -> VolumeInfo:
     """Read a NIfTI file (``.nii`` or ``.nii.gz``) completely and summarise it.
 
-    The whole gzip stream is decompressed, so a truncated or damaged file fails its length and CRC
-    check even where nibabel alone would stop reading before the damage.
+    The whole gzip stream is decompressed (by ISA-L, about twice as fast as zlib), so a truncated or damaged
+    file fails its length and CRC check even where nibabel alone would stop reading before the damage.
 
     Raises:
         LungTumorError: the file is missing or cannot be read to its end (corrupt or truncated).
@@ -91,11 +91,11 @@ def read_volume(path: str | Path, with_sha256: bool = False) -> VolumeInfo:
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest() if with_sha256 else None
     try:
-        content = gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
+        content = igzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
         image = nib.Nifti1Image.from_bytes(content)
         stored_header = nib.Nifti1Header.from_fileobj(io.BytesIO(content), check=False)  # before nibabel's repairs
         data = np.asanyarray(image.dataobj)
-    except Exception as err:  # gzip, zlib and nibabel raise many types for a damaged file; all mean the same
+    except Exception as err:  # gzip, ISA-L and nibabel raise many types for a damaged file; all mean the same
         raise LungTumorError(f"cannot be read ({type(err).__name__}: {err})", path) from None
     if data.size == 0:
         raise LungTumorError("holds no voxels", path)

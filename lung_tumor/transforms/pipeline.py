@@ -24,19 +24,30 @@ from lung_tumor.data.checks import (
     check_nifti_geometry,
 )
 from lung_tumor.errors import LungTumorError
+from lung_tumor.nifti_gzip import read_voxels
 from lung_tumor.transforms.dictionary import CropFromSliced, ResampleInPlaned, WindowIntensityd
 
 AIR_HU = -1000.0
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel and MONAI world axes
 
 
+class IsalNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` whose ``.nii.gz`` voxels are inflated by ISA-L (:mod:`lung_tumor.nifti_gzip`), about
+    twice as fast as zlib; header, meta data, dtype, scaling and memory order are unchanged."""
+
+    def _get_array_data(self, img: Any, filename: Any) -> Any:
+        if self.to_gpu:
+            return super()._get_array_data(img, filename)
+        return read_voxels(img, filename)
+
+
 def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
     """Load a 3D CT volume or mask as a channel-first ``MetaTensor`` in its stored dtype.
 
-    A NIfTI file is read with MONAI's ``NibabelReader``, a folder as a DICOM series with its
-    ``ITKReader``. Unlike ``LoadImage``, the array keeps the file's memory order (first axis fastest)
-    instead of being copied to C order, which on a 512x512x300 scan costs more than decoding it;
-    :class:`~lung_tumor.transforms.array.ResampleInPlane` reads that order directly.
+    A NIfTI file is read with MONAI's ``NibabelReader`` (:class:`IsalNibabelReader`: its voxels inflated by
+    ISA-L), a folder as a DICOM series with its ``ITKReader``. Unlike ``LoadImage``, the array keeps the file's
+    memory order (first axis fastest) instead of being copied to C order, which on a 512x512x300 scan costs more
+    than decoding it; :class:`~lung_tumor.transforms.array.ResampleInPlane` reads that order directly.
 
     Every volume passes the input checks of :mod:`lung_tumor.data.checks`, shared by every command:
     its geometry, and for ``what="image"`` intensities that can be CT in HU (otherwise finite values).
@@ -50,7 +61,7 @@ def load_volume(path: str | Path, what: str = "image") -> MetaTensor:
         raise LungTumorError(f"{what} not found", path)
     if path.is_dir() and not any(path.iterdir()):
         raise LungTumorError(f"{what} folder is empty (expected a DICOM series)", path)
-    reader = ITKReader() if path.is_dir() else NibabelReader()
+    reader = ITKReader() if path.is_dir() else IsalNibabelReader()
     try:
         stored = reader.read(str(path))
         array, meta = reader.get_data(stored)
