@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from lung_tumor.ensemble import FILENAME as ENSEMBLE_FILENAME
 from lung_tumor.ensemble import check_members_compatible, ensemble_members, is_ensemble
 from lung_tumor.errors import LungTumorError
 from lung_tumor.evaluation.lesions import label_lesions
+from lung_tumor.heap import freed_memory_kept
 from lung_tumor.io import save_nifti
 from lung_tumor.measurements import axial_axis, voxel_spacing
 from lung_tumor.models import default_model_dir
@@ -745,6 +746,7 @@ def predict(
     with (
         progress,
         torch_threads(folder_network_threads(predictor.precision) if many and predictor.device.type == "cpu" else None),
+        freed_memory_kept() if many else nullcontext(),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-tumor-write") as writer,
         closing(prefetched(sources, predictor.prepare)) as volumes,
     ):

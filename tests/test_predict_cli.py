@@ -8,6 +8,8 @@ and one in the posterior body wall, far from the lungs.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import itk
@@ -25,6 +27,8 @@ from test_geometry import (
     world_centroid,
 )
 from test_inference import ORIENTATIONS
+
+from lung_tumor.heap import freed_memory_kept
 
 LESIONS = {  # centre (fraction of each array axis of a RAS volume), radius in mm, HU
     "bright": ((0.75, 0.6, 0.6), 8.0, 30.0),
@@ -114,17 +118,37 @@ def test_each_option_removes_what_it_should(
     assert report["lesion_count"] == ndimage.label(mask, np.ones((3, 3, 3)))[1] >= len(kept)
 
 
-def test_no_report_writes_the_mask_alone(tmp_path: Path, lesion_case) -> None:
+def test_no_report_writes_the_mask_alone(tmp_path: Path, lesion_case, monkeypatch: pytest.MonkeyPatch) -> None:
     run, source, lesions = lesion_case
+    batches = batches_keeping_freed_memory(monkeypatch)
     predict_cli(run, source, tmp_path / "out", "--no-report")
+    assert batches == []  # one scan: nothing to reuse memory for
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ct.nii.gz"]
     mask, _ = read_mask(tmp_path / "out" / "ct.nii.gz")
     assert (found(mask, lesions)) == set(LESIONS)
 
 
-def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(tmp_path: Path, lesion_case) -> None:
-    """The same anatomy stored RAS and LPS in one folder: two masks, at the same world positions."""
+def batches_keeping_freed_memory(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each block of ``predict`` that keeps freed memory for the next scan (:mod:`lung_tumor.heap`)."""
+    entered: list[bool] = []
+
+    @contextmanager
+    def recorded() -> Iterator[bool]:
+        with freed_memory_kept() as applied:
+            entered.append(applied)
+            yield applied
+
+    monkeypatch.setattr("lung_tumor.inference.freed_memory_kept", recorded)
+    return entered
+
+
+def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(
+    tmp_path: Path, lesion_case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same anatomy stored RAS and LPS in one folder: two masks, at the same world positions; freed memory is
+    kept for the next scan while the folder runs."""
     run, _, lesions = lesion_case
+    batches = batches_keeping_freed_memory(monkeypatch)
     image, _, affine = four_lesions()
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     shift = np.eye(4)
@@ -136,6 +160,7 @@ def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(tmp_path: P
     nib.save(nib.Nifti1Image(np.ascontiguousarray(image[::-1, ::-1]), lps_affine), folder / "second.nii.gz")
     out = tmp_path / "out"
     predict_cli(run, folder, out)
+    assert len(batches) == 1
     assert sorted(p.name for p in out.iterdir()) == [
         f"{case}{suffix}"
         for case in ("first", "second")
