@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from test_heap import batches_keeping_freed_memory
 
 from lung_tumor.cli import main
 from lung_tumor.data.manifest import fold_split, load_manifest
@@ -73,10 +74,12 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["case_id"]: row for row in csv.DictReader(handle)}
 
 
-def test_score_cases_writes_expected_csv_and_json(tmp_path: Path) -> None:
+def test_score_cases_writes_expected_csv_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cases = write_dataset(tmp_path / "data", count=2)
     chosen = list_cases(tmp_path / "data")
+    batches = batches_keeping_freed_memory(monkeypatch, "lung_tumor.evaluation.evaluate")
     summary = score_cases(FakePredictor(cases), chosen, tmp_path / "out", pictures=False)
+    assert len(batches) == 1  # two cases: the second reuses the memory the first freed
 
     rows = read_csv(tmp_path / "out" / "per_case.csv")
     tumour, empty = rows["synth_000"], rows["synth_001"]

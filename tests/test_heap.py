@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -42,3 +45,17 @@ def test_elsewhere_than_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("lung_tumor.heap.glibc", lambda: None)
     with freed_memory_kept() as applied:
         assert not applied
+
+
+def batches_keeping_freed_memory(monkeypatch: pytest.MonkeyPatch, module: str) -> list[bool]:
+    """Record each block of ``module`` (which imported :func:`freed_memory_kept`) that keeps freed memory."""
+    entered: list[bool] = []
+
+    @contextmanager
+    def recorded() -> Iterator[bool]:
+        with freed_memory_kept() as applied:
+            entered.append(applied)
+            yield applied
+
+    monkeypatch.setattr(f"{module}.freed_memory_kept", recorded)
+    return entered

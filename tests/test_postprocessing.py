@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 import torch
 from scipy import ndimage
 from test_geometry import make_shift_run, predict_cli, read_mask
+from test_heap import batches_keeping_freed_memory
 from test_predict_cli import LESIONS, found, four_lesions
 
 from lung_tumor.cli import main
@@ -258,6 +260,23 @@ class _LungsOf:
 
     def lungs(self, box: tuple[slice, ...]) -> np.ndarray:
         return self.full[box]
+
+
+def test_tune_over_several_cases_keeps_freed_memory_for_the_next(
+    tmp_path: Path, lesion_dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _, _ = lesion_dataset
+    two = tmp_path / "two"
+    for folder in ("imagesTr", "labelsTr"):
+        (two / folder).mkdir(parents=True)
+        for case in ("lung_001", "lung_002"):
+            shutil.copyfile(data / folder / "lung_001.nii.gz", two / folder / f"{case}.nii.gz")
+    write_dataset_json(two, ["lung_001", "lung_002"], [])
+    run = make_shift_run(tmp_path / "run", shift=(0, 0), gain=40.0)
+    batches = batches_keeping_freed_memory(monkeypatch, "lung_tumor.evaluation.tune")
+    assert main(["tune", "--run", str(run), "--data", str(two), "--all"]) == 0
+    assert len(batches) == 1
+    assert json.loads((run / "postprocess.json").read_text())["chosen_on"]["cases"] == ["lung_001", "lung_002"]
 
 
 def test_tune_scores_a_case_cut_to_its_findings_as_the_whole_volume() -> None:

@@ -8,8 +8,6 @@ and one in the posterior body wall, far from the lungs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import itk
@@ -26,9 +24,8 @@ from test_geometry import (
     read_mask,
     world_centroid,
 )
+from test_heap import batches_keeping_freed_memory
 from test_inference import ORIENTATIONS
-
-from lung_tumor.heap import freed_memory_kept
 
 LESIONS = {  # centre (fraction of each array axis of a RAS volume), radius in mm, HU
     "bright": ((0.75, 0.6, 0.6), 8.0, 30.0),
@@ -120,26 +117,12 @@ def test_each_option_removes_what_it_should(
 
 def test_no_report_writes_the_mask_alone(tmp_path: Path, lesion_case, monkeypatch: pytest.MonkeyPatch) -> None:
     run, source, lesions = lesion_case
-    batches = batches_keeping_freed_memory(monkeypatch)
+    batches = batches_keeping_freed_memory(monkeypatch, "lung_tumor.inference")
     predict_cli(run, source, tmp_path / "out", "--no-report")
     assert batches == []  # one scan: nothing to reuse memory for
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ct.nii.gz"]
     mask, _ = read_mask(tmp_path / "out" / "ct.nii.gz")
     assert (found(mask, lesions)) == set(LESIONS)
-
-
-def batches_keeping_freed_memory(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Record each block of ``predict`` that keeps freed memory for the next scan (:mod:`lung_tumor.heap`)."""
-    entered: list[bool] = []
-
-    @contextmanager
-    def recorded() -> Iterator[bool]:
-        with freed_memory_kept() as applied:
-            entered.append(applied)
-            yield applied
-
-    monkeypatch.setattr("lung_tumor.inference.freed_memory_kept", recorded)
-    return entered
 
 
 def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(
@@ -148,7 +131,7 @@ def test_a_folder_of_nifti_files_gives_one_mask_each_on_its_own_grid(
     """The same anatomy stored RAS and LPS in one folder: two masks, at the same world positions; freed memory is
     kept for the next scan while the folder runs."""
     run, _, lesions = lesion_case
-    batches = batches_keeping_freed_memory(monkeypatch)
+    batches = batches_keeping_freed_memory(monkeypatch, "lung_tumor.inference")
     image, _, affine = four_lesions()
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     shift = np.eye(4)

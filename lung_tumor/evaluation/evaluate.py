@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from lung_tumor.evaluation.metrics import (
     per_slice_soft_dice,
     summarize_cases,
 )
+from lung_tumor.heap import freed_memory_kept
 from lung_tumor.io import write_atomic, write_json
 from lung_tumor.outputs import OutputPlan, marker
 from lung_tumor.report import axial_axis
@@ -183,6 +185,30 @@ def check_outputs(cases: Sequence[Case], output: str | Path, pictures: bool = Tr
     plan.check()
 
 
+def _evaluate_case(
+    predictor: CasePredictor,
+    case: Case,
+    output: Path,
+    pictures: bool,
+    tolerance_mm: float,
+    both_empty_dice: float | None,
+) -> dict[str, Any]:
+    """One case's row: predicted, scored against its label, and drawn where ``pictures``."""
+    result = predictor.predict_file(case.image)
+    mask = np.asarray(result.mask)
+    truth = _load_truth(case, mask.shape, np.asarray(result.affine))
+    row = {
+        "case_id": case.case_id,
+        **case_metrics(mask, truth, tuple(result.spacing), tolerance_mm, both_empty_dice),
+    }
+    naive = per_slice_soft_dice(result.probability, truth, axis=axial_axis(result.affine))
+    row["soft_dice_slice_averaged_naive"] = float(naive.mean())
+    row["soft_dice_naive_slices"] = int(naive.size)
+    if pictures:
+        case_pictures(result.image_hu, result.affine, truth, mask, output / "pictures", case.case_id)
+    return row
+
+
 def score_cases(
     predictor: CasePredictor,
     cases: Sequence[Case],
@@ -214,20 +240,9 @@ def score_cases(
     output = Path(output)
     check_outputs(cases, output, pictures, overwrite)
     rows: list[dict[str, Any]] = []
-    for case in tqdm(cases, desc="evaluate", unit="case"):
-        result = predictor.predict_file(case.image)
-        mask = np.asarray(result.mask)
-        truth = _load_truth(case, mask.shape, np.asarray(result.affine))
-        row = {
-            "case_id": case.case_id,
-            **case_metrics(mask, truth, tuple(result.spacing), tolerance_mm, both_empty_dice),
-        }
-        naive = per_slice_soft_dice(result.probability, truth, axis=axial_axis(result.affine))
-        row["soft_dice_slice_averaged_naive"] = float(naive.mean())
-        row["soft_dice_naive_slices"] = int(naive.size)
-        rows.append(row)
-        if pictures:
-            case_pictures(result.image_hu, result.affine, truth, mask, output / "pictures", case.case_id)
+    with freed_memory_kept() if len(cases) > 1 else nullcontext():  # each case reuses what the last one freed
+        for case in tqdm(cases, desc="evaluate", unit="case"):
+            rows.append(_evaluate_case(predictor, case, output, pictures, tolerance_mm, both_empty_dice))
 
     summary = {
         "generator": marker("evaluate"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from lung_tumor.evaluation.evaluate import _load_truth, run_cases
 from lung_tumor.evaluation.lesions import label_lesions, lesion_detection
+from lung_tumor.heap import freed_memory_kept
 from lung_tumor.io import write_json
 from lung_tumor.measurements import voxel_spacing
 from lung_tumor.outputs import OutputPlan, marker
@@ -252,24 +254,26 @@ def tune_run(
             predictor.postprocessing.second_look_mm,
         )
     scored: list[_Case] = []
-    for case in tqdm(chosen_cases, desc="tune", unit="case"):
-        prepared = predictor.prepare(case.image)
-        # without and with flip_tta from one pass over the scan and its mirror images (the scan's own pass serves both)
-        both = predictor.probabilities_with_and_without_flips(prepared.volume)
-        image_hu, affine = prepared.image[0].numpy(), prepared.image.affine.numpy()
-        whole = _Case(
-            case.case_id,
-            {
-                tta: np.round(predictor.restore(prepared, p) * 255).astype(np.uint8)
-                for tta, p in zip((False, True), both, strict=True)
-            },
-            _load_truth(case, image_hu.shape, affine),
-            voxel_spacing(affine),
-            affine,
-            thorax_masks(image_hu, affine),
-        )
-        scored.append(crop_to_findings(whole))
-        del both, prepared, image_hu
+    with freed_memory_kept() if len(chosen_cases) > 1 else nullcontext():  # each case reuses what the last freed
+        for case in tqdm(chosen_cases, desc="tune", unit="case"):
+            prepared = predictor.prepare(case.image)
+            # without and with flip_tta from one pass over the scan and its mirror images (the scan's own pass serves
+            # both)
+            both = predictor.probabilities_with_and_without_flips(prepared.volume)
+            image_hu, affine = prepared.image[0].numpy(), prepared.image.affine.numpy()
+            whole = _Case(
+                case.case_id,
+                {
+                    tta: np.round(predictor.restore(prepared, p) * 255).astype(np.uint8)
+                    for tta, p in zip((False, True), both, strict=True)
+                },
+                _load_truth(case, image_hu.shape, affine),
+                voxel_spacing(affine),
+                affine,
+                thorax_masks(image_hu, affine),
+            )
+            scored.append(crop_to_findings(whole))
+            del both, prepared, image_hu
     results = score_grid(scored, min_slice_mm=slice_mm)
     best = choose(results)
     default = replace(DEFAULT, min_slice_mm=slice_mm).as_dict()  # the defaults, at the slice spacing scored
