@@ -257,8 +257,8 @@ def tune_run(
     with freed_memory_kept() if len(chosen_cases) > 1 else nullcontext():  # each case reuses what the last freed
         for case in tqdm(chosen_cases, desc="tune", unit="case"):
             prepared = predictor.prepare(case.image)
-            # without and with flip_tta from one pass over the scan and its mirror images (the scan's own pass serves
-            # both)
+            # without and with flip_tta from one pass over the scan and its mirror images
+            # (the scan's own pass serves both)
             both = predictor.probabilities_with_and_without_flips(prepared.volume)
             image_hu, affine = prepared.image[0].numpy(), prepared.image.affine.numpy()
             whole = _Case(
