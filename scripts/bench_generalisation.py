@@ -35,6 +35,7 @@ from scipy import ndimage
 from lung_tumor.data.msd import list_cases
 from lung_tumor.data.synth import synthesize_dataset
 from lung_tumor.evaluation.lesions import label_lesions
+from lung_tumor.heap import freed_memory_kept
 from lung_tumor.inference import Predictor
 from lung_tumor.models import default_model_dir
 
@@ -166,15 +167,16 @@ def main() -> None:
     truth_file = args.data / "synth_truth.json"
     painted = json.loads(truth_file.read_text())["cases"] if truth_file.is_file() else {}
     rows = []
-    for case in list_cases(args.data)[: args.cases]:
-        truth = np.asarray(nib.load(case.label).dataobj) != 0
-        rows.append(score_scan(predictor, case.image, truth, painted.get(case.case_id)))
-        r = rows[-1]
-        print(
-            f"  {r['case']}: Dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)}  "
-            f"lesions >=5 mm {r['lesions_5mm_found']}/{r['lesions_5mm']}  false {r['false_lesions']}  "
-            f"true {r['true_ml']} ml, predicted {r['predicted_ml']} ml"
-        )
+    with freed_memory_kept():  # each scan reuses the memory the last one freed, as `evaluate` does
+        for case in list_cases(args.data)[: args.cases]:
+            truth = np.asarray(nib.load(case.label).dataobj) != 0
+            rows.append(score_scan(predictor, case.image, truth, painted.get(case.case_id)))
+            r = rows[-1]
+            print(
+                f"  {r['case']}: Dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)}  "
+                f"lesions >=5 mm {r['lesions_5mm_found']}/{r['lesions_5mm']}  false {r['false_lesions']}  "
+                f"true {r['true_ml']} ml, predicted {r['predicted_ml']} ml"
+            )
     held_out = summarise(rows)
     print(f"synthetic scans ({args.data}, seed {args.seed}): {held_out}  [{time.monotonic() - started:.0f} s]")
     found_by = breakdown(rows)
