@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -746,7 +746,7 @@ def predict(
     with (
         progress,
         torch_threads(folder_network_threads(predictor.precision) if many and predictor.device.type == "cpu" else None),
-        freed_memory_kept() if many else nullcontext(),
+        freed_memory_kept(len(sources)),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-tumor-write") as writer,
         closing(prefetched(sources, predictor.prepare)) as volumes,
     ):

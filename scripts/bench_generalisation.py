@@ -167,8 +167,9 @@ def main() -> None:
     truth_file = args.data / "synth_truth.json"
     painted = json.loads(truth_file.read_text())["cases"] if truth_file.is_file() else {}
     rows = []
-    with freed_memory_kept():  # each scan reuses the memory the last one freed, as `evaluate` does
-        for case in list_cases(args.data)[: args.cases]:
+    cases = list_cases(args.data)[: args.cases]
+    with freed_memory_kept(len(cases)):  # each scan reuses the memory the last one freed, as `evaluate` does
+        for case in cases:
             truth = np.asarray(nib.load(case.label).dataobj) != 0
             rows.append(score_scan(predictor, case.image, truth, painted.get(case.case_id)))
             r = rows[-1]

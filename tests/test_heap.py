@@ -30,7 +30,7 @@ def resident_after_a_freed_array(size_mb: int = 200) -> float:
 @pytest.mark.skipif(glibc() is None, reason="the allocator setting is glibc's")
 def test_a_freed_array_is_kept_inside_the_block_and_given_back_after() -> None:
     assert resident_after_a_freed_array() < 50  # by default glibc returns a large block at once
-    with freed_memory_kept() as applied:
+    with freed_memory_kept(scans=2) as applied:
         assert applied
         kept = resident_after_a_freed_array()
         assert kept > 150  # kept for reuse
@@ -41,20 +41,25 @@ def test_a_freed_array_is_kept_inside_the_block_and_given_back_after() -> None:
     assert resident_after_a_freed_array() < 50  # glibc's defaults again
 
 
-def test_elsewhere_than_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_scan_and_elsewhere_than_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    with freed_memory_kept(scans=1) as applied:
+        assert not applied
+        assert resident_after_a_freed_array() < 50  # glibc's defaults: returned at once
     monkeypatch.setattr("lung_tumor.heap.glibc", lambda: None)
-    with freed_memory_kept() as applied:
+    with freed_memory_kept(scans=2) as applied:
         assert not applied
 
 
 def batches_keeping_freed_memory(monkeypatch: pytest.MonkeyPatch, module: str) -> list[bool]:
-    """Record each block of ``module`` (which imported :func:`freed_memory_kept`) that keeps freed memory."""
+    """Record each block of ``module`` (which imported :func:`freed_memory_kept`) that keeps freed memory: each block
+    over a batch of two scans or more."""
     entered: list[bool] = []
 
     @contextmanager
-    def recorded() -> Iterator[bool]:
-        with freed_memory_kept() as applied:
-            entered.append(applied)
+    def recorded(scans: int) -> Iterator[bool]:
+        with freed_memory_kept(scans) as applied:
+            if scans > 1:
+                entered.append(applied)
             yield applied
 
     monkeypatch.setattr(f"{module}.freed_memory_kept", recorded)

@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -240,7 +239,7 @@ def score_cases(
     output = Path(output)
     check_outputs(cases, output, pictures, overwrite)
     rows: list[dict[str, Any]] = []
-    with freed_memory_kept() if len(cases) > 1 else nullcontext():  # each case reuses what the last one freed
+    with freed_memory_kept(len(cases)):  # each case reuses what the last one freed
         for case in tqdm(cases, desc="evaluate", unit="case"):
             rows.append(_evaluate_case(predictor, case, output, pictures, tolerance_mm, both_empty_dice))
 

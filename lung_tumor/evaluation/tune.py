@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -254,7 +253,7 @@ def tune_run(
             predictor.postprocessing.second_look_mm,
         )
     scored: list[_Case] = []
-    with freed_memory_kept() if len(chosen_cases) > 1 else nullcontext():  # each case reuses what the last freed
+    with freed_memory_kept(len(chosen_cases)):  # each case reuses what the last one freed
         for case in tqdm(chosen_cases, desc="tune", unit="case"):
             prepared = predictor.prepare(case.image)
             # without and with flip_tta from one pass over the scan and its mirror images
