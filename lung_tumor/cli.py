@@ -31,6 +31,7 @@ def _synth(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         variety=args.variety,
         workers=args.workers,
+        max_minutes=args.max_minutes,
     )
 
 
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers", type=int, default=1, help="processes making cases side by side (same files whatever the number)"
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop starting cases after this long; the dataset keeps the first cases finished (as --cases K would)",
     )
     p.set_defaults(func=_synth)
 

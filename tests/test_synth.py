@@ -137,6 +137,22 @@ def test_workers_write_the_same_files(synthetic_dataset: Path, tmp_path: Path) -
         assert (tmp_path / "two" / relative).read_bytes() == (synthetic_dataset / relative).read_bytes(), relative
 
 
+def test_max_minutes_keeps_the_first_cases_finished(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A time-boxed run (here: out of time at once) keeps lung_001 alone, as ``--cases 1`` would write it, and
+    removes the files of the cases its workers finished after it."""
+    out = tmp_path / "boxed"
+    assert main(["synth", "--out", str(out), "--cases", "5", "--test-cases", "0", "--workers", "2",
+                 "--max-minutes", "0"]) == 0  # fmt: skip
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["dataset.json", "imagesTr/lung_001.nii.gz", "labelsTr/lung_001.nii.gz", TRUTH_FILE]
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
+    assert list(json.loads((out / TRUTH_FILE).read_text())["cases"]) == ["lung_001"]
+    for relative in ("imagesTr/lung_001.nii.gz", "labelsTr/lung_001.nii.gz"):
+        assert (out / relative).read_bytes() == (synthetic_dataset / relative).read_bytes(), relative
+    with pytest.raises(LungTumorError, match="--max-minutes must be 0 or more"):
+        synthesize_dataset(tmp_path / "bad", cases=1, max_minutes=-1)
+
+
 def _mark_then_fail_first(item: tuple[Path, int]) -> int:
     """In a worker process: item 0 fails at once; every other item waits 2 s, then leaves a marker file."""
     folder, number = item
@@ -148,11 +164,12 @@ def _mark_then_fail_first(item: tuple[Path, int]) -> int:
 
 
 def test_a_failing_case_stops_the_workers(tmp_path: Path) -> None:
-    """The failure reaches the caller and the cases not yet started are cancelled (11 would run without that)."""
+    """The failure reaches the caller and ends the workers at once: the case running beside it (2 s) and the 10
+    not started never finish (11 would without that)."""
     with pytest.raises(ValueError, match="case 0 failed"):
         list(in_order(_mark_then_fail_first, [(tmp_path, n) for n in range(12)], workers=2))
-    # those the 2 workers run and those already in the pool's call queue (workers + 1) cannot be cancelled
-    assert len(list(tmp_path.glob("done_*"))) <= 5
+    time.sleep(2.5)  # a worker left running would have left its marker by now
+    assert list(tmp_path.glob("done_*")) == []
     assert list(in_order(abs, [-3, 2, -1], workers=2)) == [3, 2, 1]  # in the items' order
 
 

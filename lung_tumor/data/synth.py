@@ -38,7 +38,6 @@ import math
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -729,19 +728,25 @@ def _check_output_folder(out: Path) -> None:
 
 def in_order(function: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
     """``function(item)`` of each item, yielded in the items' order; computed side by side in ``workers`` fresh
-    (spawned) processes when ``workers > 1``. A failure or an interrupt cancels the items not yet started."""
+    (spawned) processes when ``workers > 1``. A failure, an interrupt or a caller that stops early (closing the
+    generator) ends the workers at once: the items not finished are dropped."""
     if workers <= 1:
         yield from map(function, items)
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        try:
-            for future in futures:
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # leaving it terminates the workers
+        yield from pool.imap(function, items)
+
+
+def _remove_unlisted_cases(out: Path, kept: set[str], indices: Iterable[int]) -> None:
+    """Delete the files of the cases among ``indices`` that a time-boxed run did not keep: finished after a gap, or
+    ended mid-write."""
+    for index in indices:
+        case_id = synthetic_case_id(index)
+        if case_id not in kept:
+            for folder in ("imagesTr", "labelsTr", "imagesTs"):
+                (out / folder / f"{case_id}.nii.gz").unlink(missing_ok=True)
+                for unfinished in (out / folder).glob(f".{case_id}.*.tmp.nii.gz"):  # a worker ended mid-write
+                    unfinished.unlink()
 
 
 def _write_case(
@@ -787,6 +792,7 @@ def synthesize_dataset(
     overwrite: bool = False,
     variety: str = "default",
     workers: int = 1,
+    max_minutes: float | None = None,
 ) -> Path:
     """Write a synthetic MSD Task06_Lung-style dataset and its ground truth ``synth_truth.json``.
 
@@ -803,6 +809,9 @@ def synthesize_dataset(
             kind and each case's findings in the truth file.
         workers: processes that make cases side by side (a full-size case takes 15-30 s on one core); the
             files are the same bytes whatever the number.
+        max_minutes: stop starting cases after this long and keep the cases finished from ``lung_001`` on without
+            a gap, so that the dataset equals ``cases=K`` for the K kept (a time-boxed run, e.g. on a lent machine);
+            the files of cases after a gap are removed. ``None``: every case.
 
     Returns:
         The dataset folder.
@@ -825,6 +834,8 @@ def synthesize_dataset(
         raise LungTumorError(f"unknown variety {variety!r}; use one of {_variety.VARIETIES}")
     if not isinstance(workers, int) or workers < 1:
         raise LungTumorError(f"--workers must be at least 1, got {workers!r}")
+    if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes >= 0):
+        raise LungTumorError(f"--max-minutes must be 0 or more, got {max_minutes!r}")
     _check_output_folder(out)
     plan = OutputPlan(overwrite=overwrite)
     plan.add_folder(out)
@@ -854,10 +865,22 @@ def synthesize_dataset(
     indices = range(1, cases + test_cases + 1)
     write = partial(_write_case, out=out, cases=cases, seed=seed, size=size, acquisition=acquisition, variety=variety)
     written = in_order(write, indices, workers)
+    deadline = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
     for case_id, training, entry in tqdm(written, total=len(indices), desc="synth", unit="case", disable=None):
         (training_ids if training else test_ids).append(case_id)
         lesions += len(entry["tumours"])
         truth["cases"][case_id] = entry
+        if deadline is not None and time.monotonic() > deadline and len(truth["cases"]) < len(indices):
+            written.close()  # ends the workers and drops the cases not finished
+            _remove_unlisted_cases(out, set(truth["cases"]), indices)
+            log.info(
+                "stopped after %.1f minutes (max_minutes): %d of %d cases",
+                max_minutes,
+                len(truth["cases"]),
+                len(indices),
+            )
+            cases, test_cases = len(training_ids), len(test_ids)
+            break
 
     note = f"lung_tumor synth, size {size}, seed {seed}, acquisition {acquisition}; ground truth in {TRUTH_FILE}"
     if variety != "default":
