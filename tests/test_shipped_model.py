@@ -243,3 +243,39 @@ def test_full_size_stage_fine_tunes_the_small_stage_on_full_size_scans() -> None
     start = TrainingConfig.from_dict(stage["training"]).init_from
     assert Path(start) == Path(small["output_dir"]) / small["run_name"] / f"fold_{small['fold']}"
     assert stage["run_name"] not in {load_config(CONFIGS / name)["run_name"] for name in earlier}
+
+
+def test_gpu_fine_stage_fine_tunes_member_1_on_its_own_full_size_cases_at_1_25_mm() -> None:
+    """configs/pretrained_gpu_fine.yaml (tried on a GPU, not shipped): member 1 on 1.25 mm pixels over the same
+    400 mm field and 240 mm patches, on full-size cases of a seed of their own (scripts/gpu_stage.py makes them),
+    with no stream."""
+    from lung_tumor.config import PreprocessConfig, StreamConfig, TrainingConfig, load_config
+
+    lesion, stage = load_config(CONFIGS / "pretrained_lesion.yaml"), load_config(CONFIGS / "pretrained_gpu_fine.yaml")
+    fine, coarse = PreprocessConfig.from_dict(stage["preprocess"]), PreprocessConfig.from_dict(lesion["preprocess"])
+    assert (fine.pixel_mm, coarse.pixel_mm) == (1.25, 2.5)
+    assert fine.pixel_mm * fine.image_size == coarse.pixel_mm * coarse.image_size  # the same 400 mm field
+    crops = stage["augmentation"]["crop_size"], lesion["augmentation"]["crop_size"]
+    assert crops[0] * fine.pixel_mm == crops[1] * coarse.pixel_mm  # the same 240 mm patches
+    for name in ("network_def", "features", "context_slices", "sampler"):
+        assert stage[name] == lesion[name], name
+    assert not StreamConfig.from_dict(stage["stream"]).enabled
+    assert (
+        Path(TrainingConfig.from_dict(stage["training"]).init_from)
+        == DEFAULT_MODEL.relative_to(CONFIGS.parent) / "member_1"
+    )
+    others = [
+        load_config(path)
+        for path in sorted(CONFIGS.glob("pretrained*.yaml"))
+        if path.name != "pretrained_gpu_fine.yaml"
+    ]
+    assert stage["data"]["root"] not in {c["data"]["root"] for c in others}
+    assert stage["run_name"] not in {c["run_name"] for c in others}
+    # the script's seed: none of the validation scans', the held-out benchmark's or another stage's data
+    script = (CONFIGS.parent / "scripts" / "gpu_stage.py").read_text()
+    assert (
+        '"--seed", type=int, default=6262' in script
+        and "seed 6262" in (CONFIGS / "pretrained_gpu_fine.yaml").read_text()
+    )
+    used = {5555, 7777, 20, 3131, 4646} | {StreamConfig.from_dict(c["stream"]).seed for c in others}
+    assert 6262 not in used
