@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +13,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CT = REPO_ROOT.parent / "shared" / "real_ct"
+
+
+def load_script(name: str) -> ModuleType:
+    """The module ``scripts/NAME.py`` (scripts are no package), imported under ``NAME``."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

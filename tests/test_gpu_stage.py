@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,17 +9,14 @@ import pytest
 import yaml
 
 from lung_tumor.data.synth import synthesize_dataset
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "gpu_stage.py"
 
 
 @pytest.fixture(scope="module")
 def stage():
-    spec = importlib.util.spec_from_file_location("gpu_stage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_stage")
 
 
 def test_validation_seconds_sums_the_evaluator_passes_only(stage, tmp_path: Path) -> None:
