@@ -5,11 +5,11 @@ core, preprocess them, train, and print the training rate.
 
 A lent machine gives minutes, not hours, and its 16 cores make full-size cases far faster than a 2-core CPU, but
 far slower than a GPU trains on them (a full-size case took about 80 s of one of a lent H200 machine's cores, 35 s
-of one of this project's 2). So the cases are made first, for
-``--synth-minutes`` (``lung-tumor synth --max-minutes``: the dataset keeps the cases finished from ``lung_001`` on,
-as ``--cases K`` would write them), then preprocessed with a worker per core, and the network trains on them for
-what is left of ``--deadline-minutes`` (``training.max_minutes``), with the epochs set from
-``--slices-per-second`` so that the cosine schedule ends about then. Each step is skipped when its output is
+of one of this project's 2). So the cases are made first, for ``--synth-minutes`` (``lung-tumor synth
+--max-minutes``: the dataset keeps the cases finished from ``lung_001`` on, as ``--cases K`` would write them),
+then preprocessed with a worker per core, and the network trains on them for what is left of
+``--deadline-minutes`` (``training.max_minutes``), with the epochs set from ``--slices-per-second`` so that the
+cosine schedule ends about then. Each step is skipped when its output is
 there already and training resumes from its last checkpoint, so the same line continues an interrupted run.
 
 Prints each step's wall time, the cases and slices made, and the training rate: slices per second over the
