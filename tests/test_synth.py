@@ -139,10 +139,14 @@ def test_workers_write_the_same_files(synthetic_dataset: Path, tmp_path: Path) -
 
 def test_max_minutes_keeps_the_first_cases_finished(synthetic_dataset: Path, tmp_path: Path) -> None:
     """A time-boxed run (here: out of time at once) keeps lung_001 alone, as ``--cases 1`` would write it, and
-    removes the files of the cases its workers finished after it."""
+    removes the files of the cases not kept: finished after it, or ended mid-write (planted beforehand here, since
+    whether a worker gets that far in the race is not fixed)."""
     out = tmp_path / "boxed"
+    for left in ("imagesTr/lung_004.nii.gz", "labelsTr/lung_004.nii.gz", "imagesTr/.lung_003.host-1.ab12.tmp.nii.gz"):
+        (out / left).parent.mkdir(parents=True, exist_ok=True)
+        (out / left).write_bytes(b"left by a worker")
     assert main(["synth", "--out", str(out), "--cases", "5", "--test-cases", "0", "--workers", "2",
-                 "--max-minutes", "0"]) == 0  # fmt: skip
+                 "--max-minutes", "0", "--overwrite"]) == 0  # fmt: skip
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["dataset.json", "imagesTr/lung_001.nii.gz", "labelsTr/lung_001.nii.gz", TRUTH_FILE]
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1

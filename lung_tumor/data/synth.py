@@ -737,16 +737,14 @@ def in_order(function: Callable[[Any], Any], items: Iterable[Any], workers: int)
         yield from pool.imap(function, items)
 
 
-def _remove_unlisted_cases(out: Path, kept: set[str], indices: Iterable[int]) -> None:
-    """Delete the files of the cases among ``indices`` that a time-boxed run did not keep: finished after a gap, or
-    ended mid-write."""
-    for index in indices:
-        case_id = synthetic_case_id(index)
-        if case_id not in kept:
-            for folder in ("imagesTr", "labelsTr", "imagesTs"):
-                (out / folder / f"{case_id}.nii.gz").unlink(missing_ok=True)
-                for unfinished in (out / folder).glob(f".{case_id}.*.tmp.nii.gz"):  # a worker ended mid-write
-                    unfinished.unlink()
+def _remove_cases(out: Path, indices: Iterable[int]) -> None:
+    """Delete the files of the cases ``indices`` (those a time-boxed run did not keep: finished after a gap, or
+    ended mid-write)."""
+    for case_id in map(synthetic_case_id, indices):
+        for folder in ("imagesTr", "labelsTr", "imagesTs"):
+            (out / folder / f"{case_id}.nii.gz").unlink(missing_ok=True)
+            for unfinished in (out / folder).glob(f".{case_id}.*.tmp.nii.gz"):  # a worker ended mid-write
+                unfinished.unlink()
 
 
 def _write_case(
@@ -872,7 +870,7 @@ def synthesize_dataset(
         truth["cases"][case_id] = entry
         if deadline is not None and time.monotonic() > deadline and len(truth["cases"]) < len(indices):
             written.close()  # ends the workers and drops the cases not finished
-            _remove_unlisted_cases(out, set(truth["cases"]), indices)
+            _remove_cases(out, indices[len(truth["cases"]) :])  # the cases kept are the first ones, in order
             log.info(
                 "stopped after %.1f minutes (max_minutes): %d of %d cases",
                 max_minutes,
