@@ -9,8 +9,8 @@ the shipped pair's mask. Each step keeps its files in ``--work`` and skips or re
 1. prepare: each training scan oriented RAS, resampled to 1.25 mm (image trilinear, label nearest), cropped to the
    body, stored as int16 HU and uint8 label, with sample points (voxels of each lesion, of lung, of the body);
 2. train: batches of cubes, half around a lesion (each lesion drawn alike), a quarter in lung, a quarter anywhere
-   in the body; mirror images and small HU shifts; Dice + cross-entropy per cube; AdamW with a cosine schedule over
-   ``--steps``; a checkpoint every 100 steps (``--max-minutes`` stops early, resumable);
+   in the body; mirror images and small HU shifts; Dice over the batch + cross-entropy; AdamW with a cosine
+   schedule over ``--steps``; a checkpoint every 100 steps (``--max-minutes`` stops early, resumable);
 3. infer: MONAI's sliding window over each validation scan on the same grid, the probability resampled back to the
    scan's own grid (float16);
 4. score: the 3D network alone and added to the pair's validation masks at thresholds, minimum volumes and maximum
@@ -20,9 +20,13 @@ the shipped pair's mask. Each step keeps its files in ``--work`` and skips or re
     lung-tumor synth --out runs/study3d/extra --cases 40 --test-cases 0 --size full --seed 8181 --variety varied \\
         --acquisition varied --max-minutes 25
     python scripts/study_3d.py --train-data runs/candidates/train --train-data runs/study3d/extra \\
-        --val-data runs/pretrained/validation_full --pair-masks runs/study3d/pair_masks
+        --val-data runs/pretrained/validation_full --pair-masks runs/study3d/pair_validation
 
-The validation scans choose; the held-out scans of ``bench_generalisation.py`` are not read here.
+``--step pair`` writes the pair's masks of ``--val-data`` into ``--pair-masks`` first (they are the shipped model's,
+so any other scan set can be scored the same way, once its rule allows).
+
+The validation scans choose. The held-out scans of ``bench_generalisation.py`` (``--val-data runs/heldout_full``) and
+the real CTs are scored only after a rule written beforehand lets them.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from scipy import ndimage
 
 from lung_tumor.data.msd import list_cases
 from lung_tumor.evaluation.lesions import label_lesions
+from lung_tumor.inference import Predictor
+from lung_tumor.models import default_model_dir
 from lung_tumor.transforms.pipeline import load_volume
 
 GRID_MM = 1.25
@@ -213,7 +219,7 @@ def train(folders: list[Path], work: Path, steps: int, batch: int, max_minutes: 
     if step >= steps:
         return checkpoint
     sampler = CubeSampler(folders, seed + step)
-    loss_fn = DiceCELoss(sigmoid=True, batch=False, smooth_nr=1.0, smooth_dr=1.0)
+    loss_fn = DiceCELoss(sigmoid=True, batch=True)
     start = time.time()
     losses: list[float] = []
     net.train()
@@ -225,7 +231,7 @@ def train(folders: list[Path], work: Path, steps: int, batch: int, max_minutes: 
         optimiser.step()
         schedule.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 100 == 0 or step == steps:
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(
@@ -351,10 +357,22 @@ def score_setting(cases: list[dict], threshold: float, min_mm3: float, max_ml: f
     }
 
 
+def pair_masks(data: Path, out: Path) -> None:
+    """The shipped pair's masks (its stored settings, as ``predict`` makes them) of every scan of ``data``."""
+    predictor = Predictor(default_model_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    for case in list_cases(data):
+        target = out / f"pair_{case.case_id}.npz"
+        if not target.exists():
+            result = predictor.predict_file(case.image)
+            np.savez_compressed(target, mask=np.asarray(result.mask) != 0, spacing=np.asarray(result.spacing))
+            log.info("pair mask %s", case.case_id)
+
+
 def score(val_data: Path, work: Path, pair_masks: Path) -> list[dict]:
     cases = []
     for case in list_cases(val_data):
-        probability = np.load(work / "validation" / f"{case.case_id}.npy").astype(np.float32)
+        probability = np.load(work / val_data.name / f"{case.case_id}.npy").astype(np.float32)
         truth = np.asarray(nib.load(case.label).dataobj) != 0
         pair = np.load(pair_masks / f"pair_{case.case_id}.npz")
         spacing = tuple(pair["spacing"].tolist())
@@ -375,8 +393,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-minutes", type=float, default=float("inf"))
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--pair-masks", type=Path, default=Path("runs/gpu_fine/union"))
-    parser.add_argument("--step", choices=("prepare", "train", "infer", "score", "all"), default="all")
+    parser.add_argument("--pair-masks", type=Path, default=Path("runs/study3d/pair_validation"))
+    parser.add_argument("--step", choices=("prepare", "train", "infer", "pair", "score", "all"), default="all")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -394,7 +412,7 @@ def main() -> None:
     if args.step in ("train", "all"):
         train(folders, args.work, args.steps, args.batch, args.max_minutes, args.seed)
     if args.step in ("infer", "all"):
-        out = args.work / "validation"
+        out = args.work / args.val_data.name
         out.mkdir(parents=True, exist_ok=True)
         for case in list_cases(args.val_data):
             target = out / f"{case.case_id}.npy"
@@ -404,6 +422,8 @@ def main() -> None:
             probability = infer(args.work / "model.pt", Path(case.image))
             np.save(target, probability)
             log.info("inferred %s (%.1f s)", case.case_id, time.time() - t)
+    if args.step == "pair":
+        pair_masks(args.val_data, args.pair_masks)
     if args.step in ("score", "all"):
         rows = score(args.val_data, args.work, args.pair_masks)
         (args.work / "score.json").write_text(json.dumps(rows, indent=1))
