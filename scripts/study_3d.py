@@ -49,6 +49,7 @@ from scipy import ndimage
 from lung_tumor.data.msd import list_cases
 from lung_tumor.evaluation.lesions import label_lesions
 from lung_tumor.inference import Predictor
+from lung_tumor.measurements import voxel_spacing
 from lung_tumor.models import default_model_dir
 from lung_tumor.transforms.pipeline import load_volume
 
@@ -72,7 +73,7 @@ def oriented(path: Path, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     affine = np.asarray(volume.affine, dtype=float)
     to_ras = nib.orientations.io_orientation(affine)
     array = nib.orientations.apply_orientation(np.asarray(volume[0], dtype=np.float32), to_ras)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))[to_ras[:, 0].astype(int)]
+    spacing = np.asarray(voxel_spacing(affine))[to_ras[:, 0].astype(int)]
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), to_ras)
     return array, spacing, back
 
@@ -84,7 +85,7 @@ def resize(array: np.ndarray, shape: tuple[int, ...], mode: str) -> np.ndarray:
 
 
 def grid_shape(shape: tuple[int, ...], spacing: np.ndarray) -> tuple[int, ...]:
-    return tuple(max(1, round(n * s / GRID_MM)) for n, s in zip(shape, spacing, strict=False))
+    return tuple(max(1, round(n * s / GRID_MM)) for n, s in zip(shape, spacing, strict=True))
 
 
 def to_grid(path: Path, what: str, mode: str) -> np.ndarray:
@@ -102,7 +103,7 @@ def body_box(image: np.ndarray) -> tuple[slice, ...]:
         body = labels == sizes.argmax()
     where = np.argwhere(body) if body.any() else np.argwhere(np.ones_like(image, bool))
     low, high = where.min(0), where.max(0) + 1
-    return tuple(slice(max(0, a - 4), min(n, b + 4)) for a, b, n in zip(low, high, image.shape, strict=False))
+    return tuple(slice(max(0, a - 4), min(n, b + 4)) for a, b, n in zip(low, high, image.shape, strict=True))
 
 
 def points(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +164,7 @@ class CubeSampler:
         image, label = case["image"], case["label"]
         start = [int(c) - PATCH // 2 for c in centre]
         source, target = [], []
-        for s, n in zip(start, image.shape, strict=False):
+        for s, n in zip(start, image.shape, strict=True):
             a, b = max(s, 0), min(s + PATCH, n)
             source.append(slice(a, b))
             target.append(slice(a - s, b - s))
@@ -192,7 +193,7 @@ class CubeSampler:
         return normalise(x), np.ascontiguousarray(y)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*(self.draw() for _ in range(size)), strict=False)
+        xs, ys = zip(*(self.draw() for _ in range(size)), strict=True)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
 
 
@@ -248,11 +249,14 @@ def train(folders: list[Path], work: Path, steps: int, batch: int, max_minutes: 
     return checkpoint
 
 
-def infer(checkpoint: Path, image_path: Path) -> np.ndarray:
-    """The 3D network's probability on the scan's own grid (float16)."""
+def load_network(checkpoint: Path) -> UNet:
     net = network()
     net.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
-    net.eval()
+    return net.eval()
+
+
+def infer(net: UNet, image_path: Path) -> np.ndarray:
+    """The 3D network's probability on the scan's own grid (float16)."""
     array, spacing, back = oriented(image_path, "image")
     image = resize(array, grid_shape(array.shape, spacing), "trilinear")
     box = body_box(image)
@@ -414,12 +418,13 @@ def main() -> None:
     if args.step in ("infer", "all"):
         out = args.work / args.val_data.name
         out.mkdir(parents=True, exist_ok=True)
+        net = load_network(args.work / "model.pt")
         for case in list_cases(args.val_data):
             target = out / f"{case.case_id}.npy"
             if target.exists():
                 continue
             t = time.time()
-            probability = infer(args.work / "model.pt", Path(case.image))
+            probability = infer(net, Path(case.image))
             np.save(target, probability)
             log.info("inferred %s (%.1f s)", case.case_id, time.time() - t)
     if args.step == "pair":
