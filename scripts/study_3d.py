@@ -45,6 +45,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from scipy import ndimage
+from tqdm import tqdm
 
 from lung_tumor.data.msd import list_cases
 from lung_tumor.evaluation.lesions import label_lesions
@@ -59,6 +60,9 @@ HU_RANGE = (-1000.0, 400.0)
 BODY_HU = -500.0
 LUNG_HU = (-1000.0, -400.0)
 POINTS = 400  # sample points kept per lesion and per region
+MINE_THRESHOLD = 0.5  # a false lesion to mine: a component above this probability touching no lesion voxel,
+MINE_MIN_VOXELS = 16  # of at least this many voxels (31 mm3)
+MINE_SEED = 29
 
 log = logging.getLogger("study_3d")
 
@@ -143,12 +147,15 @@ def prepare_case(image_path: Path, label_path: Path, out: Path) -> None:
 class CubeSampler:
     """Random training cubes from the prepared scans (memory-mapped)."""
 
-    def __init__(self, folders: list[Path], seed: int) -> None:
+    def __init__(
+        self, folders: list[Path], seed: int, hard_dir: Path | None = None, hard_fraction: float = 0.0
+    ) -> None:
         self.rng = np.random.default_rng(seed)
         self.cases = []
         for folder in folders:
             pts = dict(np.load(folder / "points.npz"))
             lesions = [pts[k] for k in sorted(pts) if k.startswith("lesion_") and len(pts[k]) >= 8]
+            hard = dict(np.load(hard_dir / f"{folder.name}.npz")) if hard_dir is not None else {}
             self.cases.append(
                 {
                     "image": np.load(folder / "image.npy", mmap_mode="r"),
@@ -156,9 +163,12 @@ class CubeSampler:
                     "lung": pts["lung"],
                     "body": pts["body"],
                     "lesions": lesions,
+                    "hard": [hard[k] for k in sorted(hard)],
                 }
             )
         self.lesions = [(c, i) for c, case in enumerate(self.cases) for i in range(len(case["lesions"]))]
+        self.hard = [(c, i) for c, case in enumerate(self.cases) for i in range(len(case["hard"]))]
+        self.hard_fraction = hard_fraction if self.hard else 0.0
 
     def cube(self, case: dict, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image, label = case["image"], case["label"]
@@ -175,6 +185,14 @@ class CubeSampler:
         return x, y
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """A cube: with ``hard_fraction`` around a mined false lesion (each alike), else half around a true lesion
+        (each alike), a quarter in lung, a quarter in the body."""
+        if self.hard_fraction and self.rng.random() < self.hard_fraction:
+            c, i = self.hard[self.rng.integers(len(self.hard))]
+            case = self.cases[c]
+            pts = case["hard"][i]
+            centre = pts[self.rng.integers(len(pts))] + self.rng.integers(-8, 9, 3)
+            return self.augment(*self.cube(case, centre))
         kind = self.rng.random()
         if kind < 0.5 and self.lesions:
             c, i = self.lesions[self.rng.integers(len(self.lesions))]
@@ -185,7 +203,9 @@ class CubeSampler:
             case = self.cases[self.rng.integers(len(self.cases))]
             pts = case["lung"] if kind < 0.75 and len(case["lung"]) else case["body"]
             centre = pts[self.rng.integers(len(pts))]
-        x, y = self.cube(case, centre)
+        return self.augment(*self.cube(case, centre))
+
+    def augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for axis in (0, 1):  # left-right and front-back mirror images; head-foot kept
             if self.rng.random() < 0.5:
                 x, y = np.flip(x, axis), np.flip(y, axis)
@@ -202,11 +222,25 @@ def normalise(hu: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.clip(hu, low, high) - low) / (high - low), dtype=np.float32)
 
 
-def train(folders: list[Path], work: Path, steps: int, batch: int, max_minutes: float, seed: int) -> Path:
+def train(
+    folders: list[Path],
+    work: Path,
+    steps: int,
+    batch: int,
+    max_minutes: float,
+    seed: int,
+    lr: float = 1e-3,
+    init: Path | None = None,
+    hard_dir: Path | None = None,
+    hard_fraction: float = 0.0,
+) -> Path:
+    """Train (or, from ``init``'s weights, fine-tune) the network into ``work/model.pt``; resumes a checkpoint."""
     checkpoint = work / "model.pt"
     torch.manual_seed(seed)
     net = network()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    if init is not None:
+        net.load_state_dict(torch.load(init, weights_only=False)["model"])
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
@@ -219,7 +253,7 @@ def train(folders: list[Path], work: Path, steps: int, batch: int, max_minutes: 
         step = state["step"]
     if step >= steps:
         return checkpoint
-    sampler = CubeSampler(folders, seed + step)
+    sampler = CubeSampler(folders, seed + step, hard_dir, hard_fraction)
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     start = time.time()
     losses: list[float] = []
@@ -255,18 +289,45 @@ def load_network(checkpoint: Path) -> UNet:
     return net.eval()
 
 
+def grid_probability(net: UNet, image: np.ndarray) -> np.ndarray:
+    """The network's probability over an image (HU) already on the 1.25 mm grid: MONAI's Gaussian sliding window."""
+    x = torch.from_numpy(normalise(image))[None, None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, (96, 96, 96), 4, net, overlap=0.25, mode="gaussian")
+    return torch.sigmoid(logits)[0, 0].numpy()
+
+
+def hard_negatives(probability: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Points inside each of the network's false lesions (components above ``MINE_THRESHOLD`` that touch no lesion
+    voxel and hold at least ``MINE_MIN_VOXELS``), one array per false lesion."""
+    components, _ = ndimage.label(probability > MINE_THRESHOLD, structure=np.ones((3, 3, 3)))
+    found = {}
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        own = components[box] == index
+        if own.sum() >= MINE_MIN_VOXELS and not label[box][own].any():
+            found[f"false_{len(found)}"] = points(own, rng) + [b.start for b in box]
+    return found
+
+
+def mine(net: UNet, folder: Path, target: Path) -> int:
+    """The network's false lesions on one prepared training scan, saved as points in ``target``; their count."""
+    if target.exists():
+        return len(np.load(target).files)
+    probability = grid_probability(net, np.load(folder / "image.npy").astype(np.float32))
+    found = hard_negatives(probability, np.load(folder / "label.npy") > 0, np.random.default_rng(MINE_SEED))
+    tmp = target.with_suffix(".tmp.npz")
+    np.savez(tmp, **found)
+    tmp.replace(target)
+    return len(found)
+
+
 def infer(net: UNet, image_path: Path) -> np.ndarray:
     """The 3D network's probability on the scan's own grid (float16)."""
     array, spacing, back = oriented(image_path, "image")
     image = resize(array, grid_shape(array.shape, spacing), "trilinear")
     box = body_box(image)
-    x = torch.from_numpy(normalise(image[box]))[None, None]
-    with torch.no_grad():
-        probability = torch.sigmoid(sliding_window_inference(x, (96, 96, 96), 4, net, overlap=0.25, mode="gaussian"))[
-            0, 0
-        ]
     full = np.zeros(image.shape, np.float32)
-    full[box] = probability.numpy()
+    full[box] = grid_probability(net, image[box])
     full = resize(full, array.shape, "trilinear")
     return nib.orientations.apply_orientation(full, back).astype(np.float16)
 
@@ -397,12 +458,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-minutes", type=float, default=float("inf"))
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--prepared", type=Path, help="the prepared scans (default: WORK/prepared)")
+    parser.add_argument("--init", type=Path, help="fine-tune from this checkpoint; mine its false lesions")
+    parser.add_argument("--hard-fraction", type=float, default=0.0, help="share of cubes on mined false lesions")
     parser.add_argument("--pair-masks", type=Path, default=Path("runs/study3d/pair_validation"))
-    parser.add_argument("--step", choices=("prepare", "train", "infer", "pair", "score", "all"), default="all")
+    parser.add_argument("--step", choices=("prepare", "mine", "train", "infer", "pair", "score", "all"), default="all")
     args = parser.parse_args()
+    if args.step == "mine" and args.init is None:
+        parser.error("--step mine needs --init (the network whose false lesions are mined)")
+    if not 0.0 <= args.hard_fraction < 1.0:
+        parser.error(f"--hard-fraction must lie in [0, 1), got {args.hard_fraction}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    prepared = args.work / "prepared"
+    prepared = args.prepared or args.work / "prepared"
+    hard_dir = args.work / "hard"
     folders = []
     for data in args.train_data:
         for case in list_cases(data):
@@ -413,8 +483,26 @@ def main() -> None:
                 log.info("prepared %s (%.1f s)", folder.name, time.time() - t)
             if (folder / "meta.json").exists():
                 folders.append(folder)
+    if args.step == "mine":
+        hard_dir.mkdir(parents=True, exist_ok=True)
+        net = load_network(args.init)
+        counts = []
+        for folder in tqdm(folders, desc="mine"):
+            counts.append(mine(net, folder, hard_dir / f"{folder.name}.npz"))
+        log.info("%d false lesions mined on %d scans", sum(counts), len(counts))
     if args.step in ("train", "all"):
-        train(folders, args.work, args.steps, args.batch, args.max_minutes, args.seed)
+        train(
+            folders,
+            args.work,
+            args.steps,
+            args.batch,
+            args.max_minutes,
+            args.seed,
+            lr=args.lr,
+            init=args.init,
+            hard_dir=hard_dir if args.hard_fraction else None,
+            hard_fraction=args.hard_fraction,
+        )
     if args.step in ("infer", "all"):
         out = args.work / args.val_data.name
         out.mkdir(parents=True, exist_ok=True)

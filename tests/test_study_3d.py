@@ -105,3 +105,33 @@ def test_scores_add_the_networks_lesions_to_the_pair_and_count_what_each_setting
     assert alone["tumour_dice"] == pytest.approx(dice(64 + 27 + 64, 64), abs=1e-4)
     capped = study.score_setting(cases, 0.5, 0.0, 0.06, True)  # at most 60 mm3 added: not the 125 mm3 nodule
     assert capped["found"] == "1/2" and capped["false_per_scan"] == 1.0
+
+
+def test_mining_keeps_false_lesions_only_and_the_sampler_centres_a_share_of_cubes_on_them(study, tmp_path) -> None:
+    folder = _prepared(tmp_path, study)
+    label = np.load(folder / "label.npy") > 0
+    probability = np.zeros(label.shape, np.float32)
+    probability[36:46, 36:46, 36:46] = 0.9  # over the nodule and beyond it: a true lesion, not mined
+    probability[60:64, 20:24, 20:24] = 0.8  # a false lesion of 64 voxels
+    probability[20:22, 60:62, 60:62] = 0.9  # 8 voxels: under MINE_MIN_VOXELS
+    probability[20:24, 20:24, 60:64] = 0.4  # under MINE_THRESHOLD
+    found = study.hard_negatives(probability, label, np.random.default_rng(0))
+    assert list(found) == ["false_0"] and len(found["false_0"]) == 64
+    assert (found["false_0"].min(0) == [60, 20, 20]).all() and (found["false_0"].max(0) == [63, 23, 23]).all()
+    hard_dir = tmp_path / "hard"
+    hard_dir.mkdir()
+    np.savez(hard_dir / f"{folder.name}.npz", **found)
+    plain = study.CubeSampler([folder], seed=1)
+    assert plain.hard_fraction == 0.0
+    centres = []
+
+    class Recording(study.CubeSampler):
+        def cube(self, case, centre):
+            centres.append(np.asarray(centre))
+            return super().cube(case, centre)
+
+    sampler = Recording([folder], seed=1, hard_dir=hard_dir, hard_fraction=0.5)
+    assert sampler.hard == [(0, 0)]
+    sampler.batch(200)
+    near = sum(bool((np.abs(c - [61.5, 21.5, 21.5]) <= 10).all()) for c in centres)
+    assert 70 <= near <= 130  # about half the cubes are centred on the false lesion (within the 8-voxel jitter)
