@@ -13,9 +13,14 @@ the shipped pair's mask. Each step keeps its files in ``--work`` and skips or re
    schedule over ``--steps``; a checkpoint every 100 steps (``--max-minutes`` stops early, resumable);
 3. infer: MONAI's sliding window over each validation scan on the same grid, the probability resampled back to the
    scan's own grid (float16);
-4. score: the 3D network alone and added to the pair's validation masks at thresholds, minimum volumes and maximum
-   volumes of a grid: ``tune``'s objective (tumour-free scans 1 when empty), mean Dice of the tumour scans,
-   lesions of 5 mm or more found, false lesions per scan.
+4. score: the 3D network alone and added to the pair's validation masks at thresholds, minimum volumes, maximum
+   volumes and the pair's own support (its probability's peak inside a 3D lesion) of a grid: ``tune``'s objective
+   (tumour-free scans 1 when empty), mean Dice of the tumour scans, lesions of 5 mm or more found, false lesions per
+   scan.
+
+Hard negatives: ``--step mine --init CHECKPOINT`` runs a trained network over its own prepared training scans and
+keeps points inside each of its false lesions (``WORK/hard``); ``--step train --init CHECKPOINT --hard-fraction 0.25
+--lr 3e-4`` then fine-tunes it with that share of its cubes centred on them.
 
     lung-tumor synth --out runs/study3d/extra --cases 40 --test-cases 0 --size full --seed 8181 --variety varied \\
         --acquisition varied --max-minutes 25
@@ -335,19 +340,29 @@ def infer(net: UNet, image_path: Path) -> np.ndarray:
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 MIN_MM3 = (0.0, 30.0, 100.0, 300.0, 1000.0)
 MAX_ML = (None, 4.0, 14.0)
+SUPPORT = (0.0, 0.15, 0.3, 0.5)  # the pair's own probability must peak at least this high inside a 3D lesion
 MIN_DIAMETER_MM = 5.0
 
 
-def case_components(probability: np.ndarray, truth: np.ndarray, pair: np.ndarray, spacing: tuple) -> dict:
+def case_components(
+    probability: np.ndarray,
+    truth: np.ndarray,
+    pair: np.ndarray,
+    spacing: tuple,
+    pair_probability: np.ndarray | None = None,
+) -> dict:
     """Per scan: the truth lesions (>= 5 mm flags), what the pair's mask touches and holds, and per threshold the 3D
     network's lesions with the counts each setting needs (volume, voxels outside the pair, overlaps with the truth
-    inside and outside the pair, truth lesions touched, whether it touches the pair)."""
+    inside and outside the pair, truth lesions touched, whether it touches the pair, the pair's peak probability
+    inside it: 1 without ``pair_probability``)."""
     voxel_mm3 = float(np.prod(spacing))
     interest = truth | pair | (probability > min(THRESHOLDS))
+    if pair_probability is None:
+        pair_probability = np.ones(probability.shape, np.float32)
     if interest.any():
         where = np.argwhere(interest)
         box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(where.min(0), where.max(0), strict=True))
-        probability, truth, pair = probability[box], truth[box], pair[box]
+        probability, truth, pair, pair_probability = probability[box], truth[box], pair[box], pair_probability[box]
     true_labels, n_true = label_lesions(truth)
     sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:]
     large = [bool(np.cbrt(6.0 * v * voxel_mm3 / math.pi) >= MIN_DIAMETER_MM) for v in sizes]
@@ -370,6 +385,7 @@ def case_components(probability: np.ndarray, truth: np.ndarray, pair: np.ndarray
                     "truth_outside_pair": int((t & ~pair[box]).sum()),
                     "hits": set(np.unique(true_labels[box][own & (true_labels[box] > 0)]).tolist()),
                     "touches_pair": bool(p.any()),
+                    "support": float(pair_probability[box][own].max()),
                 }
             )
         by_threshold[threshold] = comps
@@ -384,13 +400,15 @@ def case_components(probability: np.ndarray, truth: np.ndarray, pair: np.ndarray
     }
 
 
-def score_setting(cases: list[dict], threshold: float, min_mm3: float, max_ml: float | None, with_pair: bool) -> dict:
+def score_setting(
+    cases: list[dict], threshold: float, min_mm3: float, max_ml: float | None, with_pair: bool, support: float = 0.0
+) -> dict:
     objective, tumour_dice, found, total, false = [], [], 0, 0, 0
     for case in cases:
         chosen = [
             c
             for c in case["components"][threshold]
-            if c["mm3"] >= min_mm3 and (max_ml is None or c["mm3"] <= max_ml * 1000)
+            if c["mm3"] >= min_mm3 and (max_ml is None or c["mm3"] <= max_ml * 1000) and c["support"] >= support
         ]
         if with_pair:
             voxels = case["pair_voxels"] + sum(c["outside_pair"] for c in chosen)
@@ -414,6 +432,7 @@ def score_setting(cases: list[dict], threshold: float, min_mm3: float, max_ml: f
         "threshold": threshold,
         "min_mm3": min_mm3,
         "max_ml": max_ml,
+        "support": support,
         "objective": round(float(np.mean(objective)), 4),
         "tumour_dice": round(float(np.mean(tumour_dice)), 4),
         "found": f"{found}/{total}",
@@ -430,21 +449,31 @@ def pair_masks(data: Path, out: Path) -> None:
         target = out / f"pair_{case.case_id}.npz"
         if not target.exists():
             result = predictor.predict_file(case.image)
-            np.savez_compressed(target, mask=np.asarray(result.mask) != 0, spacing=np.asarray(result.spacing))
+            np.savez_compressed(
+                target,
+                mask=np.asarray(result.mask) != 0,
+                spacing=np.asarray(result.spacing),
+                probability=np.asarray(result.probability, dtype=np.float16),
+            )
             log.info("pair mask %s", case.case_id)
 
 
 def score(val_data: Path, work: Path, pair_masks: Path) -> list[dict]:
-    cases = []
+    cases, supported = [], True
     for case in list_cases(val_data):
         probability = np.load(work / val_data.name / f"{case.case_id}.npy").astype(np.float32)
         truth = np.asarray(nib.load(case.label).dataobj) != 0
         pair = np.load(pair_masks / f"pair_{case.case_id}.npz")
         spacing = tuple(pair["spacing"].tolist())
-        cases.append(case_components(probability, truth, pair["mask"].astype(bool), spacing))
+        pair_probability = pair["probability"].astype(np.float32) if "probability" in pair.files else None
+        supported &= pair_probability is not None
+        cases.append(case_components(probability, truth, pair["mask"].astype(bool), spacing, pair_probability))
         log.info("scored %s", case.case_id)
-    rows = [score_setting(cases, t, m, None, False) for t in THRESHOLDS for m in MIN_MM3]
-    rows += [score_setting(cases, t, m, x, True) for t in THRESHOLDS for m in MIN_MM3 for x in MAX_ML]
+    supports = SUPPORT if supported else SUPPORT[:1]  # masks of an older pair step hold no probability
+    rows = [score_setting(cases, t, m, None, False, s) for t in THRESHOLDS for m in MIN_MM3 for s in supports]
+    rows += [
+        score_setting(cases, t, m, x, True, s) for t in THRESHOLDS for m in MIN_MM3 for x in MAX_ML for s in supports
+    ]
     rows.append(score_setting(cases, THRESHOLDS[0], math.inf, None, True))  # the pair alone
     return rows
 

@@ -105,6 +105,18 @@ def test_scores_add_the_networks_lesions_to_the_pair_and_count_what_each_setting
     assert alone["tumour_dice"] == pytest.approx(dice(64 + 27 + 64, 64), abs=1e-4)
     capped = study.score_setting(cases, 0.5, 0.0, 0.06, True)  # at most 60 mm3 added: not the 125 mm3 nodule
     assert capped["found"] == "1/2" and capped["false_per_scan"] == 1.0
+    # the pair's own probability: 0.4 at the nodule's centre, 0.2 over its own false lesion, nothing elsewhere
+    pair_probability = np.zeros(truth.shape, np.float32)
+    pair_probability[31, 31, 31] = 0.4
+    pair_probability[51, 51, 51] = 0.2
+    supported = study.case_components(probability, truth, pair, spacing, pair_probability)
+    assert [c["support"] for c in supported["components"][0.5]] == pytest.approx([0.0, 0.4, 0.2])
+    cases = [supported, empty]
+    assert study.score_setting(cases, 0.5, 0.0, None, True, support=0.0) == {**both, "support": 0.0}
+    vouched = study.score_setting(cases, 0.5, 0.0, None, True, support=0.3)  # the nodule kept, its false lesion not
+    assert vouched["found"] == "2/2" and vouched["false_per_scan"] == 0.5
+    assert vouched["tumour_dice"] == pytest.approx(dice(964 + 64, 900 + 64), abs=1e-4)
+    assert study.score_setting(cases, 0.5, 0.0, None, True, support=0.15)["false_per_scan"] == 1.0
 
 
 def test_mining_keeps_false_lesions_only_and_the_sampler_centres_a_share_of_cubes_on_them(study, tmp_path) -> None:
