@@ -317,7 +317,8 @@ def hard_negatives(probability: np.ndarray, label: np.ndarray, rng: np.random.Ge
 def mine(net: UNet, folder: Path, target: Path) -> int:
     """The network's false lesions on one prepared training scan, saved as points in ``target``; their count."""
     if target.exists():
-        return len(np.load(target).files)
+        with np.load(target) as mined:
+            return len(mined.files)
     probability = grid_probability(net, np.load(folder / "image.npy").astype(np.float32))
     found = hard_negatives(probability, np.load(folder / "label.npy") > 0, np.random.default_rng(MINE_SEED))
     tmp = target.with_suffix(".tmp.npz")
@@ -520,6 +521,9 @@ def main() -> None:
             counts.append(mine(net, folder, hard_dir / f"{folder.name}.npz"))
         log.info("%d false lesions mined on %d scans", sum(counts), len(counts))
     if args.step in ("train", "all"):
+        unmined = [f.name for f in folders if args.hard_fraction and not (hard_dir / f"{f.name}.npz").exists()]
+        if unmined:
+            parser.error(f"--hard-fraction: {hard_dir} holds no mined false lesions of {unmined[0]}: run --step mine")
         train(
             folders,
             args.work,
