@@ -552,8 +552,8 @@ def main() -> None:
         pair_masks(args.val_data, args.pair_masks)
     if args.step in ("score", "all"):
         rows = score(args.val_data, args.work, args.pair_masks)
-        (args.work / "score.json").write_text(json.dumps(rows, indent=1))
-        allowed = [r for r in rows if r["false_per_scan"] <= 0.5]
+        (args.work / f"score_{args.val_data.name}.json").write_text(json.dumps(rows, indent=1))
+        allowed = [r for r in rows[:-1] if r["false_per_scan"] <= 0.5]  # the last row: the pair alone
         for row in sorted(allowed, key=lambda r: -r["objective"])[:15] + [rows[-1]]:
             print(row)
 
