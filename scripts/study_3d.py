@@ -305,7 +305,7 @@ def grid_probability(net: UNet, image: np.ndarray) -> np.ndarray:
 def hard_negatives(probability: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Points inside each of the network's false lesions (components above ``MINE_THRESHOLD`` that touch no lesion
     voxel and hold at least ``MINE_MIN_VOXELS``), one array per false lesion."""
-    components, _ = ndimage.label(probability > MINE_THRESHOLD, structure=np.ones((3, 3, 3)))
+    components, _ = label_lesions(probability > MINE_THRESHOLD)
     found = {}
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         own = components[box] == index
@@ -358,12 +358,12 @@ def case_components(
     inside it: 1 without ``pair_probability``)."""
     voxel_mm3 = float(np.prod(spacing))
     interest = truth | pair | (probability > min(THRESHOLDS))
-    if pair_probability is None:
-        pair_probability = np.ones(probability.shape, np.float32)
     if interest.any():
         where = np.argwhere(interest)
         box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(where.min(0), where.max(0), strict=True))
-        probability, truth, pair, pair_probability = probability[box], truth[box], pair[box], pair_probability[box]
+        probability, truth, pair = probability[box], truth[box], pair[box]
+        if pair_probability is not None:
+            pair_probability = pair_probability[box]
     true_labels, n_true = label_lesions(truth)
     sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:]
     large = [bool(np.cbrt(6.0 * v * voxel_mm3 / math.pi) >= MIN_DIAMETER_MM) for v in sizes]
@@ -386,7 +386,7 @@ def case_components(
                     "truth_outside_pair": int((t & ~pair[box]).sum()),
                     "hits": set(np.unique(true_labels[box][own & (true_labels[box] > 0)]).tolist()),
                     "touches_pair": bool(p.any()),
-                    "support": float(pair_probability[box][own].max()),
+                    "support": 1.0 if pair_probability is None else float(pair_probability[box][own].max()),
                 }
             )
         by_threshold[threshold] = comps
@@ -521,8 +521,8 @@ def main() -> None:
             counts.append(mine(net, folder, hard_dir / f"{folder.name}.npz"))
         log.info("%d false lesions mined on %d scans", sum(counts), len(counts))
     if args.step in ("train", "all"):
-        unmined = [f.name for f in folders if args.hard_fraction and not (hard_dir / f"{f.name}.npz").exists()]
-        if unmined:
+        unmined = [f.name for f in folders if not (hard_dir / f"{f.name}.npz").exists()]
+        if args.hard_fraction and unmined:
             parser.error(f"--hard-fraction: {hard_dir} holds no mined false lesions of {unmined[0]}: run --step mine")
         train(
             folders,
